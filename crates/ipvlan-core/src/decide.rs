@@ -1,0 +1,1022 @@
+//! What happens to one frame: the demux key (spec §3) and the decision tables of the
+//! TX path (§4.1, §4.2) and the RX path (§5.1–§5.3).
+//!
+//! [`decide`] is a pure function of a [`PortSnapshot`], where the frame came from
+//! and its bytes (starting at the Ethernet header). It never allocates and never
+//! panics. Carrying the decision out — copying, routing, counting — is the
+//! datapath's job; in particular the multicast worker of §4.4 is the datapath's
+//! handling of [`Decision::Flood`] (see [`PortSnapshot::flood_targets`]).
+//!
+//! Frames from a slave are assumed to come from a slave that is up; the address
+//! table only holds addresses of up slaves, so unicast needs no up-check.
+
+use crate::wire::{self, arp, ethernet, icmpv6, ipv4, ipv6};
+use crate::{Flags, Mode, PortSnapshot, SlaveId};
+use core::net::IpAddr;
+
+/// Which address of a frame [`demux_key`] extracts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyDir {
+    /// ARP target, IP destination: who the frame is for.
+    Dest,
+    /// ARP sender, IP source: who sent it.
+    Source,
+}
+
+/// The address that decides ownership of `frame` (Ethernet header first), per the
+/// table of spec §3:
+///
+/// * ARP (≥ 28 bytes): target / sender protocol address;
+/// * IPv4 (version 4, IHL ≥ 5, IHL·4 ≤ total length ≤ bytes present): dst / src;
+/// * IPv6 (version 6, 40 bytes): dst / src — except when the source is `::` and the
+///   next header is ICMPv6: then the key is the target of a Neighbour Solicitation
+///   (a DAD probe) in both directions, and there is no key for any other ICMPv6
+///   message or when the ICMPv6 header or NS target is truncated;
+/// * anything else, or a check failing: no key.
+pub fn demux_key(frame: &[u8], dir: KeyDir) -> Option<IpAddr> {
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
+    let l3 = eth.payload();
+    match eth.ethertype() {
+        ethernet::ETHERTYPE_ARP => {
+            let a = arp::Packet::new_checked(l3).ok()?;
+            Some(IpAddr::V4(match dir {
+                KeyDir::Dest => a.target_protocol_addr(),
+                KeyDir::Source => a.sender_protocol_addr(),
+            }))
+        }
+        ethernet::ETHERTYPE_IPV4 => {
+            let ip = ipv4::Packet::new_checked(l3).ok()?;
+            Some(IpAddr::V4(match dir {
+                KeyDir::Dest => ip.dst(),
+                KeyDir::Source => ip.src(),
+            }))
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = ipv6::Packet::new_checked(l3).ok()?;
+            if ip.src().is_unspecified() && ip.next_header() == ipv6::NEXT_HEADER_ICMPV6 {
+                let icmp = icmpv6::Packet::new_checked(ip.payload()).ok()?;
+                return icmp.ns_target().map(IpAddr::V6);
+            }
+            Some(IpAddr::V6(match dir {
+                KeyDir::Dest => ip.dst(),
+                KeyDir::Source => ip.src(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// Where a frame entered the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ingress {
+    /// Received on the master (from the wire).
+    Master,
+    /// Transmitted by this slave.
+    Slave(SlaveId),
+}
+
+/// What to do with one frame.
+///
+/// For frames from [`Ingress::Master`] the master's own stack keeps its copy unless
+/// the decision is [`Decision::ToSlave`], which takes the frame away from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Drop(DropReason),
+    /// Deliver the frame unchanged to this slave (local delivery or demuxed RX).
+    ToSlave(SlaveId),
+    /// Transmit the frame unchanged on the master.
+    ToWire,
+    /// Hand the frame to the master's own stack as if the master had received it
+    /// (L2 same-MAC unicast that no slave owns).
+    ToMasterStack,
+    /// Copy to every up slave, in creation order, whose filter accepts the
+    /// destination MAC, except `origin`; then transmit on the master if `to_wire`.
+    Flood {
+        origin: Option<SlaveId>,
+        to_wire: bool,
+    },
+    /// L3/L3S egress: strip the Ethernet header and route the IP packet in the
+    /// master's namespace (spec §4.2 step 3). The IP header passed the checks of
+    /// [`demux_key`] for its ethertype.
+    Route,
+    /// Nothing for the datapath to do: no slave is involved, the master's stack has
+    /// the frame.
+    Pass,
+}
+
+/// Why a frame was dropped; [`DropReason::as_str`] is stable, for counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header.
+    Runt,
+    /// Slave-to-slave unicast on a private port.
+    Private,
+    /// An 802.3x MAC Control (PAUSE) frame headed for the multicast worker.
+    Pause,
+    /// L3/L3S egress to a multicast or broadcast MAC.
+    L3Multicast,
+    /// L3/L3S egress of something that is neither IPv4 nor IPv6.
+    NotIp,
+    /// L3/L3S egress of an IPv4/IPv6 ethertype whose header fails the checks of
+    /// spec §3; it cannot be routed (the kernel would route garbage).
+    Malformed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Runt,
+        DropReason::Private,
+        DropReason::Pause,
+        DropReason::L3Multicast,
+        DropReason::NotIp,
+        DropReason::Malformed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::Private => "private",
+            DropReason::Pause => "pause",
+            DropReason::L3Multicast => "l3_multicast",
+            DropReason::NotIp => "not_ip",
+            DropReason::Malformed => "malformed",
+        }
+    }
+
+    /// Position in [`DropReason::ALL`], for counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl core::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decides the fate of `frame` (Ethernet header first) entering `port` at `ingress`.
+pub fn decide(port: &PortSnapshot, ingress: Ingress, frame: &[u8]) -> Decision {
+    let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+        return Decision::Drop(DropReason::Runt);
+    };
+    match (ingress, port.mode) {
+        (Ingress::Slave(s), Mode::L2) => tx_l2(port, s, &eth),
+        (Ingress::Slave(_), Mode::L3 | Mode::L3s) => tx_l3(port, &eth),
+        (Ingress::Master, Mode::L3s) => Decision::Pass,
+        (Ingress::Master, Mode::L2) if wire::is_multicast(&eth.dst()) => {
+            rx_l2_multicast(port, &eth)
+        }
+        (Ingress::Master, Mode::L2 | Mode::L3) => rx_unicast(port, &eth),
+    }
+}
+
+fn owner(port: &PortSnapshot, frame: &[u8], dir: KeyDir) -> Option<SlaveId> {
+    demux_key(frame, dir).and_then(|ip| port.table.owner(&ip))
+}
+
+/// The kernel drops `ETH_P_PAUSE` frames on their way to the multicast worker; a
+/// frame to the PAUSE address is one by definition.
+fn is_pause_frame(eth: &ethernet::Frame<&[u8]>) -> bool {
+    eth.ethertype() == ethernet::ETHERTYPE_MAC_CONTROL || wire::is_pause(&eth.dst())
+}
+
+fn local_delivery(flags: Flags, to: SlaveId) -> Decision {
+    if flags.is_private() {
+        Decision::Drop(DropReason::Private)
+    } else {
+        Decision::ToSlave(to)
+    }
+}
+
+/// Spec §4.1, in order.
+fn tx_l2(port: &PortSnapshot, origin: SlaveId, eth: &ethernet::Frame<&[u8]>) -> Decision {
+    let dst = eth.dst();
+    if !port.flags.is_vepa() && dst == eth.src() {
+        match owner(port, eth.into_inner(), KeyDir::Dest) {
+            Some(t) => local_delivery(port.flags, t),
+            None => Decision::ToMasterStack,
+        }
+    } else if wire::is_multicast(&dst) {
+        if is_pause_frame(eth) {
+            Decision::Drop(DropReason::Pause)
+        } else {
+            Decision::Flood {
+                origin: Some(origin),
+                to_wire: true,
+            }
+        }
+    } else {
+        Decision::ToWire
+    }
+}
+
+/// Spec §4.2.
+fn tx_l3(port: &PortSnapshot, eth: &ethernet::Frame<&[u8]>) -> Decision {
+    if !port.flags.is_vepa()
+        && let Some(t) = owner(port, eth.into_inner(), KeyDir::Dest)
+    {
+        return local_delivery(port.flags, t);
+    }
+    if wire::is_multicast(&eth.dst()) {
+        return Decision::Drop(DropReason::L3Multicast);
+    }
+    let routable = match eth.ethertype() {
+        ethernet::ETHERTYPE_IPV4 => ipv4::Packet::new_checked(eth.payload()).is_ok(),
+        ethernet::ETHERTYPE_IPV6 => ipv6::Packet::new_checked(eth.payload()).is_ok(),
+        _ => return Decision::Drop(DropReason::NotIp),
+    };
+    if routable {
+        Decision::Route
+    } else {
+        Decision::Drop(DropReason::Malformed)
+    }
+}
+
+/// Spec §5.2, multicast/broadcast destination.
+fn rx_l2_multicast(port: &PortSnapshot, eth: &ethernet::Frame<&[u8]>) -> Decision {
+    let reflected =
+        eth.src() == port.master_mac && owner(port, eth.into_inner(), KeyDir::Source).is_some();
+    if reflected || is_pause_frame(eth) {
+        Decision::Pass
+    } else {
+        Decision::Flood {
+            origin: None,
+            to_wire: false,
+        }
+    }
+}
+
+/// Spec §5.3: L3 mode, and unicast in L2 mode. The destination MAC plays no part.
+fn rx_unicast(port: &PortSnapshot, eth: &ethernet::Frame<&[u8]>) -> Decision {
+    match owner(port, eth.into_inner(), KeyDir::Dest) {
+        Some(t) => Decision::ToSlave(t),
+        None => Decision::Pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MacAddr;
+    use crate::wire::BROADCAST;
+    use crate::{McFilter, Port};
+    use core::net::{Ipv4Addr, Ipv6Addr};
+    use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
+
+    const MASTER: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const GW: MacAddr = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
+    const MC4: MacAddr = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    const MC6: MacAddr = [0x33, 0x33, 0xff, 0x00, 0x00, 0x02];
+
+    const S1_V4: [u8; 4] = [10, 0, 0, 1];
+    const S2_V4: [u8; 4] = [10, 0, 0, 2];
+    const S3_V4: [u8; 4] = [10, 0, 0, 3];
+    const HOST_V4: [u8; 4] = [10, 0, 0, 254];
+    const EXT_V4: [u8; 4] = [10, 0, 0, 100];
+    const S1_V6: [u8; 16] = v6(1);
+    const S2_V6: [u8; 16] = v6(2);
+    const EXT_V6: [u8; 16] = v6(0x100);
+    const UNSPEC: [u8; 16] = [0; 16];
+
+    const S1: SlaveId = SlaveId(1);
+    const S2: SlaveId = SlaveId(2);
+    const S3: SlaveId = SlaveId(3);
+
+    const fn v6(last: u16) -> [u8; 16] {
+        let [a, b] = last.to_be_bytes();
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, a, b]
+    }
+
+    /// S1 (10.0.0.1, 2001:db8::1) and S2 (…2, …::2) up; S3 (10.0.0.3) down.
+    fn port(mode: Mode, flags: Flags) -> PortSnapshot {
+        let mut p = Port::new(MASTER);
+        p.apply_newlink(Some(mode), Some(flags));
+        let addrs: [&[IpAddr]; 3] = [
+            &[S1_V4.into(), S1_V6.into()],
+            &[S2_V4.into(), S2_V6.into()],
+            &[S3_V4.into()],
+        ];
+        for (i, list) in addrs.iter().enumerate() {
+            let id = p.add_slave().unwrap();
+            p.set_slave_up(id, i < 2);
+            for ip in *list {
+                p.add_addr(id, *ip).unwrap();
+            }
+            p.set_mc_filter(id, McFilter::new());
+        }
+        p.snapshot()
+    }
+
+    fn udp4(dst: MacAddr, src: MacAddr, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(src, dst)
+            .ipv4(sip, dip, 64)
+            .udp(1234, 5678);
+        let mut out = Vec::new();
+        b.write(&mut out, b"hello").unwrap();
+        out
+    }
+
+    fn udp6(dst: MacAddr, src: MacAddr, sip: [u8; 16], dip: [u8; 16]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(src, dst)
+            .ipv6(sip, dip, 64)
+            .udp(1234, 5678);
+        let mut out = Vec::new();
+        b.write(&mut out, b"hello").unwrap();
+        out
+    }
+
+    fn arp(dst: MacAddr, src: MacAddr, op: ArpOperation, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+        let pkt = ArpPacket::new(
+            ArpHardwareId::ETHERNET,
+            EtherType::IPV4,
+            op,
+            &src,
+            &spa,
+            &[0; 6],
+            &tpa,
+        )
+        .unwrap();
+        let b = PacketBuilder::ethernet2(src, dst).arp(pkt);
+        let mut out = Vec::new();
+        b.write(&mut out).unwrap();
+        out
+    }
+
+    fn icmp6(
+        dst: MacAddr,
+        src: MacAddr,
+        sip: [u8; 16],
+        dip: [u8; 16],
+        ty: u8,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(src, dst)
+            .ipv6(sip, dip, 255)
+            .icmpv6_raw(ty, 0, [0; 4]);
+        let mut out = Vec::new();
+        b.write(&mut out, body).unwrap();
+        out
+    }
+
+    /// A DAD probe: NS from `::` to the solicited-node group of `target`.
+    fn dad(src: MacAddr, target: [u8; 16]) -> Vec<u8> {
+        let mut group = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+        group[13..].copy_from_slice(&target[13..]);
+        icmp6(MC6, src, UNSPEC, group, 135, &target)
+    }
+
+    fn raw(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn key(frame: &[u8], dir: KeyDir) -> Option<IpAddr> {
+        demux_key(frame, dir)
+    }
+
+    fn ip4(a: [u8; 4]) -> Option<IpAddr> {
+        Some(IpAddr::V4(Ipv4Addr::from(a)))
+    }
+
+    fn ip6(a: [u8; 16]) -> Option<IpAddr> {
+        Some(IpAddr::V6(Ipv6Addr::from(a)))
+    }
+
+    const ETH: usize = ethernet::HEADER_LEN;
+
+    // ---- demux key (spec §3) ----
+
+    #[test]
+    fn key_arp() {
+        let f = arp(BROADCAST, GW, ArpOperation::REQUEST, EXT_V4, S1_V4);
+        assert_eq!(key(&f, KeyDir::Dest), ip4(S1_V4));
+        assert_eq!(key(&f, KeyDir::Source), ip4(EXT_V4));
+        let r = arp(MASTER, GW, ArpOperation::REPLY, EXT_V4, S2_V4);
+        assert_eq!(key(&r, KeyDir::Dest), ip4(S2_V4));
+    }
+
+    #[test]
+    fn key_arp_needs_28_bytes_but_not_valid_types() {
+        let f = arp(BROADCAST, GW, ArpOperation::REQUEST, EXT_V4, S1_V4);
+        assert_eq!(key(&f[..ETH + 27], KeyDir::Dest), None);
+        assert_eq!(key(&f[..ETH + 28], KeyDir::Dest), ip4(S1_V4));
+        let mut odd = f.clone();
+        odd[ETH..ETH + 6].copy_from_slice(&[0xff, 0xff, 0x12, 0x34, 9, 9]);
+        assert_eq!(key(&odd, KeyDir::Dest), ip4(S1_V4));
+        assert_eq!(key(&odd, KeyDir::Source), ip4(EXT_V4));
+    }
+
+    #[test]
+    fn key_ipv4() {
+        let f = udp4(MASTER, GW, EXT_V4, S1_V4);
+        assert_eq!(key(&f, KeyDir::Dest), ip4(S1_V4));
+        assert_eq!(key(&f, KeyDir::Source), ip4(EXT_V4));
+        let mut padded = f.clone();
+        padded.resize(60, 0);
+        assert_eq!(key(&padded, KeyDir::Dest), ip4(S1_V4));
+    }
+
+    #[test]
+    fn key_ipv4_malformed() {
+        let f = udp4(MASTER, GW, EXT_V4, S1_V4);
+        let edit = |at: usize, v: u8| {
+            let mut g = f.clone();
+            g[ETH + at] = v;
+            g
+        };
+        assert_eq!(key(&edit(0, 0x44), KeyDir::Dest), None, "IHL 4");
+        assert_eq!(key(&edit(0, 0x40), KeyDir::Dest), None, "IHL 0");
+        assert_eq!(key(&edit(0, 0x65), KeyDir::Dest), None, "version 6");
+        let total = f.len() - ETH;
+        assert_eq!(
+            key(&edit(3, total as u8 + 1), KeyDir::Dest),
+            None,
+            "total > present"
+        );
+        assert_eq!(key(&edit(3, 19), KeyDir::Dest), None, "total < IHL*4");
+        assert_eq!(key(&f[..f.len() - 1], KeyDir::Dest), None, "truncated");
+        assert_eq!(key(&f[..ETH + 19], KeyDir::Source), None);
+    }
+
+    #[test]
+    fn key_ipv6() {
+        let f = udp6(MASTER, GW, EXT_V6, S1_V6);
+        assert_eq!(key(&f, KeyDir::Dest), ip6(S1_V6));
+        assert_eq!(key(&f, KeyDir::Source), ip6(EXT_V6));
+    }
+
+    #[test]
+    fn key_ipv6_truncated_or_wrong_version() {
+        let f = udp6(MASTER, GW, EXT_V6, S1_V6);
+        assert_eq!(key(&f[..ETH + 39], KeyDir::Dest), None);
+        assert_eq!(key(&f[..ETH + 40], KeyDir::Dest), ip6(S1_V6));
+        let mut g = f.clone();
+        g[ETH] = 0x45;
+        assert_eq!(key(&g, KeyDir::Dest), None);
+    }
+
+    #[test]
+    fn key_dad_uses_ns_target_both_ways() {
+        let f = dad(MASTER, S2_V6);
+        assert_eq!(key(&f, KeyDir::Dest), ip6(S2_V6));
+        assert_eq!(key(&f, KeyDir::Source), ip6(S2_V6));
+    }
+
+    #[test]
+    fn key_unspecified_source_other_icmpv6_has_no_key() {
+        for ty in [128, 133, 136, 143] {
+            let f = icmp6(MC6, MASTER, UNSPEC, S1_V6, ty, &S2_V6);
+            assert_eq!(key(&f, KeyDir::Dest), None, "type {ty}");
+            assert_eq!(key(&f, KeyDir::Source), None, "type {ty}");
+        }
+    }
+
+    #[test]
+    fn key_dad_truncated() {
+        let f = dad(MASTER, S2_V6);
+        let ns = ETH + 40;
+        assert_eq!(key(&f[..ns + 23], KeyDir::Dest), None, "target cut");
+        assert_eq!(key(&f[..ns + 7], KeyDir::Dest), None, "ICMPv6 header cut");
+        assert_eq!(key(&f[..ns], KeyDir::Dest), None, "no ICMPv6 header");
+        assert_eq!(key(&f[..ns + 24], KeyDir::Dest), ip6(S2_V6));
+    }
+
+    #[test]
+    fn key_ns_with_real_source_is_plain_ipv6() {
+        let group = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2];
+        let f = icmp6(MC6, GW, EXT_V6, group, 135, &S2_V6);
+        assert_eq!(key(&f, KeyDir::Dest), ip6(group));
+        assert_eq!(key(&f, KeyDir::Source), ip6(EXT_V6));
+    }
+
+    #[test]
+    fn key_unspecified_source_non_icmp_is_plain_ipv6() {
+        let f = udp6(MASTER, GW, UNSPEC, S1_V6);
+        assert_eq!(key(&f, KeyDir::Dest), ip6(S1_V6));
+        assert_eq!(key(&f, KeyDir::Source), ip6(UNSPEC));
+    }
+
+    #[test]
+    fn key_other_ethertypes() {
+        let ip = udp4(MASTER, GW, EXT_V4, S1_V4);
+        for et in [0x8100, 0x88cc, 0x8808, 0x0000, 0x86dc] {
+            let f = raw(MASTER, GW, et, &ip[ETH..]);
+            assert_eq!(key(&f, KeyDir::Dest), None, "{et:#x}");
+        }
+        assert_eq!(key(&ip[..13], KeyDir::Dest), None);
+        assert_eq!(key(&[], KeyDir::Source), None);
+    }
+
+    // ---- TX, L2 (spec §4.1) ----
+
+    fn tx(p: &PortSnapshot, from: SlaveId, f: &[u8]) -> Decision {
+        decide(p, Ingress::Slave(from), f)
+    }
+
+    const FLOOD_FROM_S1: Decision = Decision::Flood {
+        origin: Some(S1),
+        to_wire: true,
+    };
+
+    #[test]
+    fn l2_tx_runt() {
+        let p = port(Mode::L2, Flags::Bridge);
+        let f = udp4(MASTER, MASTER, S1_V4, S2_V4);
+        for n in 0..ETH {
+            assert_eq!(tx(&p, S1, &f[..n]), Decision::Drop(DropReason::Runt));
+        }
+        assert_eq!(tx(&p, S1, &f[..ETH]), Decision::ToMasterStack);
+    }
+
+    #[test]
+    fn l2_bridge_same_mac_to_owner() {
+        let p = port(Mode::L2, Flags::Bridge);
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+            Decision::ToSlave(S2)
+        );
+        assert_eq!(
+            tx(&p, S1, &udp6(MASTER, MASTER, S1_V6, S2_V6)),
+            Decision::ToSlave(S2)
+        );
+        let reply = arp(MASTER, MASTER, ArpOperation::REPLY, S1_V4, S2_V4);
+        assert_eq!(tx(&p, S1, &reply), Decision::ToSlave(S2));
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S2_V4, S1_V4)),
+            Decision::ToSlave(S1)
+        );
+    }
+
+    #[test]
+    fn l2_same_mac_compares_header_fields_not_master_mac() {
+        let p = port(Mode::L2, Flags::Bridge);
+        assert_eq!(
+            tx(&p, S1, &udp4(GW, GW, S1_V4, S2_V4)),
+            Decision::ToSlave(S2)
+        );
+    }
+
+    #[test]
+    fn l2_same_mac_without_owner_goes_to_master_stack() {
+        let p = port(Mode::L2, Flags::Bridge);
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, HOST_V4)),
+            Decision::ToMasterStack
+        );
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, S3_V4)),
+            Decision::ToMasterStack,
+            "S3 is down"
+        );
+        assert_eq!(
+            tx(&p, S1, &raw(MASTER, MASTER, 0x88b5, &[0; 46])),
+            Decision::ToMasterStack
+        );
+        let mut bad = udp4(MASTER, MASTER, S1_V4, S2_V4);
+        bad[ETH] = 0x44;
+        assert_eq!(tx(&p, S1, &bad), Decision::ToMasterStack, "no key");
+    }
+
+    #[test]
+    fn l2_same_mac_check_precedes_multicast_check() {
+        let p = port(Mode::L2, Flags::Bridge);
+        assert_eq!(
+            tx(&p, S1, &udp4(MC4, MC4, S1_V4, S2_V4)),
+            Decision::ToSlave(S2)
+        );
+    }
+
+    #[test]
+    fn l2_multicast_and_broadcast_flood() {
+        let p = port(Mode::L2, Flags::Bridge);
+        let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, S2_V4);
+        assert_eq!(tx(&p, S1, &req), FLOOD_FROM_S1);
+        assert_eq!(
+            tx(&p, S1, &udp4(MC4, MASTER, S1_V4, [224, 0, 0, 1])),
+            FLOOD_FROM_S1
+        );
+        assert_eq!(tx(&p, S1, &dad(MASTER, S1_V6)), FLOOD_FROM_S1);
+        assert_eq!(
+            tx(&p, S1, &raw(BROADCAST, MASTER, 0x88cc, &[0; 46])),
+            FLOOD_FROM_S1
+        );
+    }
+
+    #[test]
+    fn l2_pause_dropped() {
+        let p = port(Mode::L2, Flags::Bridge);
+        let pause = [0x00, 0x01, 0xff, 0xff];
+        let f = raw(
+            wire::PAUSE_MAC,
+            MASTER,
+            ethernet::ETHERTYPE_MAC_CONTROL,
+            &pause,
+        );
+        assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
+        let f = raw(BROADCAST, MASTER, ethernet::ETHERTYPE_MAC_CONTROL, &pause);
+        assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
+        let f = raw(wire::PAUSE_MAC, MASTER, 0x0800, &pause);
+        assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
+    }
+
+    #[test]
+    fn l2_other_unicast_goes_to_wire() {
+        let p = port(Mode::L2, Flags::Bridge);
+        assert_eq!(
+            tx(&p, S1, &udp4(GW, MASTER, S1_V4, EXT_V4)),
+            Decision::ToWire
+        );
+        // The IP of another slave does not matter once the MACs differ.
+        assert_eq!(
+            tx(&p, S1, &udp4(GW, MASTER, S1_V4, S2_V4)),
+            Decision::ToWire
+        );
+        assert_eq!(tx(&p, S1, &raw(GW, MASTER, 0x88b5, &[])), Decision::ToWire);
+    }
+
+    #[test]
+    fn l2_private() {
+        let p = port(Mode::L2, Flags::Private);
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+            Decision::Drop(DropReason::Private)
+        );
+        assert_eq!(
+            tx(&p, S1, &udp6(MASTER, MASTER, S1_V6, S2_V6)),
+            Decision::Drop(DropReason::Private)
+        );
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, HOST_V4)),
+            Decision::ToMasterStack
+        );
+        let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, S2_V4);
+        assert_eq!(
+            tx(&p, S1, &req),
+            FLOOD_FROM_S1,
+            "private does not stop broadcast"
+        );
+        assert_eq!(
+            tx(&p, S1, &udp4(GW, MASTER, S1_V4, S2_V4)),
+            Decision::ToWire,
+            "via a gateway"
+        );
+    }
+
+    #[test]
+    fn l2_vepa() {
+        let p = port(Mode::L2, Flags::Vepa);
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+            Decision::ToWire
+        );
+        assert_eq!(
+            tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, HOST_V4)),
+            Decision::ToWire
+        );
+        let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, S2_V4);
+        assert_eq!(
+            tx(&p, S1, &req),
+            FLOOD_FROM_S1,
+            "local slaves still get copies"
+        );
+        assert_eq!(
+            tx(&p, S1, &udp4(GW, MASTER, S1_V4, EXT_V4)),
+            Decision::ToWire
+        );
+        let f = raw(
+            wire::PAUSE_MAC,
+            MASTER,
+            ethernet::ETHERTYPE_MAC_CONTROL,
+            &[0; 4],
+        );
+        assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
+    }
+
+    // ---- TX, L3 and L3S (spec §4.2) ----
+
+    fn both_l3(flags: Flags, check: impl Fn(&PortSnapshot)) {
+        check(&port(Mode::L3, flags));
+        check(&port(Mode::L3s, flags));
+    }
+
+    #[test]
+    fn l3_tx_to_owner() {
+        both_l3(Flags::Bridge, |p| {
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+                Decision::ToSlave(S2)
+            );
+            assert_eq!(
+                tx(p, S1, &udp6(MASTER, MASTER, S1_V6, S2_V6)),
+                Decision::ToSlave(S2)
+            );
+            // The key comes first: the destination MAC does not matter.
+            assert_eq!(
+                tx(p, S1, &udp4(GW, MASTER, S1_V4, S2_V4)),
+                Decision::ToSlave(S2)
+            );
+            let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, S2_V4);
+            assert_eq!(tx(p, S1, &req), Decision::ToSlave(S2));
+        });
+    }
+
+    #[test]
+    fn l3_tx_private() {
+        both_l3(Flags::Private, |p| {
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+                Decision::Drop(DropReason::Private)
+            );
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, EXT_V4)),
+                Decision::Route
+            );
+        });
+    }
+
+    #[test]
+    fn l3_tx_vepa_routes_everything_unicast() {
+        both_l3(Flags::Vepa, |p| {
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+                Decision::Route
+            );
+            assert_eq!(
+                tx(p, S1, &udp6(MASTER, MASTER, S1_V6, S2_V6)),
+                Decision::Route
+            );
+            let mc = udp4(MC4, MASTER, S1_V4, [224, 0, 0, 1]);
+            assert_eq!(tx(p, S1, &mc), Decision::Drop(DropReason::L3Multicast));
+        });
+    }
+
+    #[test]
+    fn l3_tx_route() {
+        both_l3(Flags::Bridge, |p| {
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, EXT_V4)),
+                Decision::Route
+            );
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, HOST_V4)),
+                Decision::Route
+            );
+            assert_eq!(
+                tx(p, S1, &udp4(MASTER, MASTER, S1_V4, S3_V4)),
+                Decision::Route,
+                "S3 down"
+            );
+            assert_eq!(tx(p, S1, &udp6(GW, MASTER, S1_V6, EXT_V6)), Decision::Route);
+        });
+    }
+
+    #[test]
+    fn l3_tx_multicast_dropped() {
+        both_l3(Flags::Bridge, |p| {
+            let drop = Decision::Drop(DropReason::L3Multicast);
+            assert_eq!(tx(p, S1, &udp4(MC4, MASTER, S1_V4, [224, 0, 0, 1])), drop);
+            assert_eq!(
+                tx(p, S1, &udp4(BROADCAST, MASTER, S1_V4, [10, 0, 0, 255])),
+                drop
+            );
+            assert_eq!(
+                tx(
+                    p,
+                    S1,
+                    &udp6(
+                        MC6,
+                        MASTER,
+                        S1_V6,
+                        [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+                    )
+                ),
+                drop
+            );
+            let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, EXT_V4);
+            assert_eq!(tx(p, S1, &req), drop);
+            assert_eq!(tx(p, S1, &raw(BROADCAST, MASTER, 0x88cc, &[])), drop);
+        });
+    }
+
+    #[test]
+    fn l3_tx_not_ip() {
+        both_l3(Flags::Bridge, |p| {
+            let drop = Decision::Drop(DropReason::NotIp);
+            let reply = arp(MASTER, MASTER, ArpOperation::REPLY, S1_V4, EXT_V4);
+            assert_eq!(tx(p, S1, &reply), drop);
+            assert_eq!(tx(p, S1, &raw(MASTER, MASTER, 0x88b5, &[0; 46])), drop);
+            assert_eq!(tx(p, S1, &raw(MASTER, MASTER, 0x8100, &[])), drop);
+        });
+    }
+
+    #[test]
+    fn l3_tx_malformed_ip() {
+        both_l3(Flags::Bridge, |p| {
+            let drop = Decision::Drop(DropReason::Malformed);
+            let mut f = udp4(MASTER, MASTER, S1_V4, EXT_V4);
+            f[ETH] = 0x43;
+            assert_eq!(tx(p, S1, &f), drop, "IHL 3");
+            let f = udp4(MASTER, MASTER, S1_V4, EXT_V4);
+            assert_eq!(tx(p, S1, &f[..f.len() - 1]), drop, "total length > present");
+            let f = udp6(MASTER, MASTER, S1_V6, EXT_V6);
+            assert_eq!(tx(p, S1, &f[..ETH + 39]), drop, "IPv6 truncated");
+            assert_eq!(tx(p, S1, &raw(MASTER, MASTER, 0x0800, &[])), drop);
+        });
+    }
+
+    #[test]
+    fn l3_tx_runt() {
+        both_l3(Flags::Bridge, |p| {
+            assert_eq!(tx(p, S1, &[0; 13]), Decision::Drop(DropReason::Runt));
+        });
+    }
+
+    // ---- RX (spec §5) ----
+
+    fn rx(p: &PortSnapshot, f: &[u8]) -> Decision {
+        decide(p, Ingress::Master, f)
+    }
+
+    const FLOOD_RX: Decision = Decision::Flood {
+        origin: None,
+        to_wire: false,
+    };
+
+    #[test]
+    fn rx_l3s_always_passes() {
+        for flags in [Flags::Bridge, Flags::Private, Flags::Vepa] {
+            let p = port(Mode::L3s, flags);
+            assert_eq!(rx(&p, &udp4(MASTER, GW, EXT_V4, S1_V4)), Decision::Pass);
+            assert_eq!(rx(&p, &udp6(MASTER, GW, EXT_V6, S2_V6)), Decision::Pass);
+            let req = arp(BROADCAST, GW, ArpOperation::REQUEST, EXT_V4, S1_V4);
+            assert_eq!(rx(&p, &req), Decision::Pass);
+            assert_eq!(rx(&p, &dad(GW, S1_V6)), Decision::Pass);
+        }
+    }
+
+    #[test]
+    fn rx_unicast_to_owner_in_l2_and_l3() {
+        for mode in [Mode::L2, Mode::L3] {
+            for flags in [Flags::Bridge, Flags::Private, Flags::Vepa] {
+                let p = port(mode, flags);
+                assert_eq!(
+                    rx(&p, &udp4(MASTER, GW, EXT_V4, S1_V4)),
+                    Decision::ToSlave(S1)
+                );
+                assert_eq!(
+                    rx(&p, &udp6(MASTER, GW, EXT_V6, S2_V6)),
+                    Decision::ToSlave(S2)
+                );
+                let reply = arp(MASTER, GW, ArpOperation::REPLY, EXT_V4, S2_V4);
+                assert_eq!(rx(&p, &reply), Decision::ToSlave(S2));
+                // The destination MAC plays no part (OTHERHOST frames are matched too).
+                assert_eq!(rx(&p, &udp4(GW, GW, EXT_V4, S1_V4)), Decision::ToSlave(S1));
+            }
+        }
+    }
+
+    #[test]
+    fn rx_unicast_without_owner_passes() {
+        for mode in [Mode::L2, Mode::L3] {
+            let p = port(mode, Flags::Bridge);
+            assert!(p.slave(S3).is_some_and(|s| !s.up));
+            assert_eq!(rx(&p, &udp4(MASTER, GW, EXT_V4, HOST_V4)), Decision::Pass);
+            assert_eq!(
+                rx(&p, &udp4(MASTER, GW, EXT_V4, S3_V4)),
+                Decision::Pass,
+                "S3 is down"
+            );
+            assert_eq!(rx(&p, &raw(MASTER, GW, 0x88b5, &[0; 46])), Decision::Pass);
+            let mut bad = udp4(MASTER, GW, EXT_V4, S1_V4);
+            bad[ETH] = 0x4f;
+            assert_eq!(rx(&p, &bad), Decision::Pass, "malformed: no key");
+            assert_eq!(rx(&p, &[0; 13]), Decision::Drop(DropReason::Runt));
+        }
+    }
+
+    #[test]
+    fn rx_l3_multicast_goes_by_key_only() {
+        let p = port(Mode::L3, Flags::Bridge);
+        assert_eq!(
+            rx(&p, &udp4(MC4, GW, EXT_V4, [224, 0, 0, 1])),
+            Decision::Pass
+        );
+        assert_eq!(
+            rx(&p, &udp4(BROADCAST, GW, EXT_V4, [10, 0, 0, 255])),
+            Decision::Pass
+        );
+        let ns = icmp6(
+            MC6,
+            GW,
+            EXT_V6,
+            [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2],
+            135,
+            &S2_V6,
+        );
+        assert_eq!(
+            rx(&p, &ns),
+            Decision::Pass,
+            "ordinary NS reaches the master (proxy NDP)"
+        );
+        // Spec §5.3: ARP for a slave address and DAD probes are handed to the slave.
+        let req = arp(BROADCAST, GW, ArpOperation::REQUEST, EXT_V4, S1_V4);
+        assert_eq!(rx(&p, &req), Decision::ToSlave(S1));
+        assert_eq!(rx(&p, &dad(GW, S2_V6)), Decision::ToSlave(S2));
+        let req = arp(BROADCAST, GW, ArpOperation::REQUEST, EXT_V4, HOST_V4);
+        assert_eq!(rx(&p, &req), Decision::Pass);
+    }
+
+    #[test]
+    fn rx_l2_external_multicast_floods() {
+        let p = port(Mode::L2, Flags::Bridge);
+        let req = arp(BROADCAST, GW, ArpOperation::REQUEST, EXT_V4, S1_V4);
+        assert_eq!(rx(&p, &req), FLOOD_RX);
+        assert_eq!(rx(&p, &udp4(MC4, GW, EXT_V4, [224, 0, 0, 1])), FLOOD_RX);
+        assert_eq!(rx(&p, &dad(GW, S1_V6)), FLOOD_RX);
+        assert_eq!(rx(&p, &raw(BROADCAST, GW, 0x88cc, &[])), FLOOD_RX);
+        for flags in [Flags::Private, Flags::Vepa] {
+            assert_eq!(rx(&port(Mode::L2, flags), &req), FLOOD_RX);
+        }
+    }
+
+    #[test]
+    fn rx_l2_reflected_slave_frame_is_not_external() {
+        let p = port(Mode::L2, Flags::Bridge);
+        let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, EXT_V4);
+        assert_eq!(rx(&p, &req), Decision::Pass);
+        assert_eq!(
+            rx(&p, &udp4(MC4, MASTER, S2_V4, [224, 0, 0, 1])),
+            Decision::Pass
+        );
+        assert_eq!(
+            rx(
+                &p,
+                &udp6(
+                    MC6,
+                    MASTER,
+                    S1_V6,
+                    [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+                )
+            ),
+            Decision::Pass
+        );
+        // A reflected DAD probe: key(source) is the NS target.
+        assert_eq!(rx(&p, &dad(MASTER, S1_V6)), Decision::Pass);
+    }
+
+    #[test]
+    fn rx_l2_external_test_needs_both_conditions() {
+        let p = port(Mode::L2, Flags::Bridge);
+        // master MAC, but the source address is nobody's (the host's own frame)
+        let req = arp(BROADCAST, MASTER, ArpOperation::REQUEST, HOST_V4, S1_V4);
+        assert_eq!(rx(&p, &req), FLOOD_RX);
+        // master MAC, source owned by a down slave (not in the table)
+        assert_eq!(rx(&p, &udp4(MC4, MASTER, S3_V4, [224, 0, 0, 1])), FLOOD_RX);
+        // a slave's address, but another MAC (spoofed or misconfigured)
+        let req = arp(BROADCAST, GW, ArpOperation::REQUEST, S1_V4, EXT_V4);
+        assert_eq!(rx(&p, &req), FLOOD_RX);
+        // unparsable frames are external
+        assert_eq!(rx(&p, &raw(BROADCAST, MASTER, 0x0800, &[0x45])), FLOOD_RX);
+        assert_eq!(rx(&p, &raw(BROADCAST, MASTER, 0x88cc, &[])), FLOOD_RX);
+        // DAD from :: with another type has no key: external
+        let f = icmp6(MC6, MASTER, UNSPEC, S1_V6, 143, &[0; 20]);
+        assert_eq!(rx(&p, &f), FLOOD_RX);
+    }
+
+    #[test]
+    fn rx_l2_pause_not_flooded() {
+        let p = port(Mode::L2, Flags::Bridge);
+        let f = raw(
+            wire::PAUSE_MAC,
+            GW,
+            ethernet::ETHERTYPE_MAC_CONTROL,
+            &[0, 1, 0xff, 0xff],
+        );
+        assert_eq!(rx(&p, &f), Decision::Pass);
+    }
+
+    #[test]
+    fn drop_reason_names_are_stable() {
+        let names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "runt",
+                "private",
+                "pause",
+                "l3_multicast",
+                "not_ip",
+                "malformed"
+            ]
+        );
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(r.to_string(), r.as_str());
+        }
+    }
+}

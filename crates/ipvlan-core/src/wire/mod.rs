@@ -1,0 +1,88 @@
+//! Zero-copy views of the headers the port looks at.
+//!
+//! Every view is a `Packet<T: AsRef<[u8]>>` (or `Frame<T>` for Ethernet) built with
+//! `new_checked`, which validates exactly what the kernel driver validates before it
+//! trusts a header (spec §3). After a successful `new_checked` no accessor panics,
+//! whatever the bytes are. `new_unchecked` skips the check; accessors of an unchecked
+//! view may panic on a short buffer.
+//!
+//! Multi-byte fields are big-endian (network order) except in [`vnet`], whose header
+//! is in the host's native order like the kernel's packet-socket virtio-net header.
+
+pub mod arp;
+pub mod ethernet;
+pub mod icmpv6;
+pub mod ipv4;
+pub mod ipv6;
+pub mod vnet;
+
+use crate::MacAddr;
+
+/// Why a view refused a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Error {
+    /// Fewer bytes than the header (or a length field) requires.
+    #[error("buffer too short")]
+    Truncated,
+    /// The IP version nibble is not the one the view parses.
+    #[error("wrong IP version")]
+    BadVersion,
+    /// A length field is inconsistent (e.g. IPv4 IHL < 5 or total length < IHL·4).
+    #[error("inconsistent length field")]
+    BadLength,
+}
+
+/// `ff:ff:ff:ff:ff:ff`.
+pub const BROADCAST: MacAddr = [0xff; 6];
+
+/// The 802.3x PAUSE destination, `01:80:c2:00:00:01`.
+pub const PAUSE_MAC: MacAddr = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x01];
+
+/// Whether the group bit is set: true for multicast and for broadcast.
+pub fn is_multicast(mac: &MacAddr) -> bool {
+    mac[0] & 0x01 != 0
+}
+
+/// Whether `mac` is the broadcast address.
+pub fn is_broadcast(mac: &MacAddr) -> bool {
+    *mac == BROADCAST
+}
+
+/// Whether `mac` is the 802.3x PAUSE destination.
+pub fn is_pause(mac: &MacAddr) -> bool {
+    *mac == PAUSE_MAC
+}
+
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+pub(crate) fn mac_at(b: &[u8], at: usize) -> MacAddr {
+    let mut m = [0; 6];
+    m.copy_from_slice(&b[at..at + 6]);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_bit() {
+        assert!(is_multicast(&BROADCAST));
+        assert!(is_multicast(&[0x01, 0x00, 0x5e, 0, 0, 1]));
+        assert!(is_multicast(&[0x33, 0x33, 0, 0, 0, 1]));
+        assert!(is_multicast(&PAUSE_MAC));
+        assert!(!is_multicast(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert!(!is_multicast(&[0x02, 0, 0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn broadcast_and_pause() {
+        assert!(is_broadcast(&BROADCAST));
+        assert!(!is_broadcast(&PAUSE_MAC));
+        assert!(is_pause(&PAUSE_MAC));
+        assert!(!is_pause(&BROADCAST));
+        assert!(!is_pause(&[0x01, 0x80, 0xc2, 0, 0, 0x0e]));
+    }
+}

@@ -1,0 +1,266 @@
+//! The user-space backend: one switching thread per port.
+//!
+//! It reads frames from the master's packet socket and from every host end's, asks
+//! [`ipvlan_core::decide`] what to do, and writes them where the decision says. Frames
+//! keep their virtio-net header end to end, so GSO super-frames are switched whole.
+//! One buffer serves every frame: nothing is allocated, locked or copied per frame.
+//! Sockets are served round-robin, a bounded batch at a time, so a slave that floods
+//! cannot starve the others.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipvlan_core::{Decision, DropReason, Ingress, SlaveId, decide};
+use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::counters::DropKind;
+use crate::{Plan, PlanSlave};
+
+const WAKER: Token = Token(0);
+const MASTER: Token = Token(1);
+/// Frames read from one socket before the next socket gets its turn.
+const BATCH: usize = 64;
+
+fn slave_token(id: SlaveId) -> Token {
+    Token(2 + id.0 as usize)
+}
+
+/// Counters of frames that no slave can be blamed for (from the wire).
+#[derive(Debug, Default)]
+pub struct MasterCounters {
+    pub rx_frames: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+/// A running user backend for one port.
+pub struct UserBackend {
+    plan: Arc<ArcSwap<Plan>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub master_counters: Arc<MasterCounters>,
+}
+
+impl UserBackend {
+    /// Starts switching for a port whose master socket is `master`.
+    pub fn start(master: PacketSocket, plan: Plan) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let plan = Arc::new(ArcSwap::from_pointee(plan));
+        let stop = Arc::new(AtomicBool::new(false));
+        let master_counters = Arc::new(MasterCounters::default());
+        let mut sw = Switch {
+            poll,
+            master,
+            plan: plan.clone(),
+            current: plan.load_full(),
+            registered: Vec::new(),
+            stop: stop.clone(),
+            buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            master_counters: master_counters.clone(),
+        };
+        sw.poll.registry().register(
+            &mut SourceFd(&sw.master.as_raw_fd()),
+            MASTER,
+            Interest::READABLE,
+        )?;
+        sw.reconcile()?;
+        let thread = std::thread::Builder::new()
+            .name("ipvlan-switch".into())
+            .spawn(move || sw.run())?;
+        Ok(Self {
+            plan,
+            waker,
+            stop,
+            thread: Some(thread),
+            master_counters,
+        })
+    }
+
+    /// Replaces the plan; the switching thread takes it before its next frame.
+    pub fn update(&self, plan: Plan) {
+        self.plan.store(Arc::new(plan));
+        let _ = self.waker.wake();
+    }
+}
+
+impl std::ops::Drop for UserBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Switch {
+    poll: Poll,
+    master: PacketSocket,
+    plan: Arc<ArcSwap<Plan>>,
+    current: Arc<Plan>,
+    /// Slaves whose sockets are registered with `poll`.
+    registered: Vec<PlanSlave>,
+    stop: Arc<AtomicBool>,
+    buf: Box<[u8]>,
+    master_counters: Arc<MasterCounters>,
+}
+
+impl Switch {
+    /// Registers new slaves' sockets and deregisters the removed ones.
+    fn reconcile(&mut self) -> io::Result<()> {
+        let plan = self.current.clone();
+        self.registered.retain(|old| {
+            let keep = plan
+                .slaves
+                .iter()
+                .any(|s| s.id == old.id && Arc::ptr_eq(&s.sock, &old.sock));
+            if !keep {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&old.sock.as_raw_fd()));
+            }
+            keep
+        });
+        for s in &plan.slaves {
+            if !self.registered.iter().any(|r| Arc::ptr_eq(&r.sock, &s.sock)) {
+                self.poll.registry().register(
+                    &mut SourceFd(&s.sock.as_raw_fd()),
+                    slave_token(s.id),
+                    Interest::READABLE,
+                )?;
+                self.registered.push(s.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        // Sockets that may still hold frames (edge-triggered polling).
+        let mut ready: Vec<Token> = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let timeout = if ready.is_empty() {
+                Some(Duration::from_millis(500))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("switch poll failed: {e}");
+                    return;
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    self.current = self.plan.load_full();
+                    if let Err(e) = self.reconcile() {
+                        tracing::error!("switch cannot register a socket: {e}");
+                    }
+                } else if !ready.contains(&ev.token()) {
+                    ready.push(ev.token());
+                }
+            }
+            ready.retain(|&t| self.serve(t));
+        }
+    }
+
+    /// Serves up to [`BATCH`] frames from one socket; false once it is empty or gone.
+    fn serve(&mut self, token: Token) -> bool {
+        let plan = self.current.clone();
+        let (ingress, idx) = if token == MASTER {
+            (Ingress::Master, None)
+        } else {
+            let id = SlaveId((token.0 - 2) as u16);
+            match plan.position(id) {
+                Some(i) => (Ingress::Slave(id), Some(i)),
+                None => return false,
+            }
+        };
+        for _ in 0..BATCH {
+            let sock = match idx {
+                None => &self.master,
+                Some(i) => &*plan.slaves[i].sock,
+            };
+            let n = match sock.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("recv on ifindex {}: {e}", sock.ifindex());
+                    return false;
+                }
+            };
+            self.switch(&plan, ingress, idx, n);
+        }
+        true
+    }
+
+    fn switch(&self, plan: &Plan, ingress: Ingress, from: Option<usize>, n: usize) {
+        let whole = &self.buf[..n];
+        let frame = whole.get(VNET_HDR_LEN..).unwrap_or(&[]);
+        let sender = from.map(|i| &*plan.slaves[i].counters);
+        if let Some(c) = sender {
+            c.tx(frame.len());
+        } else {
+            self.master_counters
+                .rx_frames
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let blame = |why: DropKind| match sender {
+            Some(c) => c.dropped(why),
+            None => {
+                self.master_counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match decide(&plan.snap, ingress, frame) {
+            Decision::Pass => {}
+            Decision::ToSlave(id) => match plan.position(id) {
+                Some(i) => self.deliver(&plan.slaves[i], whole),
+                None => blame(DropKind::Other),
+            },
+            Decision::ToWire => {
+                if self.master.send(whole).is_err() {
+                    blame(DropKind::QueueFull);
+                }
+            }
+            Decision::Flood { origin, to_wire } => {
+                let dst: [u8; 6] = frame[..6].try_into().expect("decide checked the length");
+                for s in &plan.snap.slaves {
+                    if Some(s.id) == origin || !s.up || !s.mc.accepts(&dst) {
+                        continue;
+                    }
+                    if let Some(i) = plan.position(s.id) {
+                        self.deliver(&plan.slaves[i], whole);
+                    }
+                }
+                if to_wire && self.master.send(whole).is_err() {
+                    blame(DropKind::QueueFull);
+                }
+            }
+            Decision::ToMasterStack | Decision::Route => blame(DropKind::NoPath),
+            Decision::Drop(why) => blame(match why {
+                DropReason::Private => DropKind::Private,
+                DropReason::Runt | DropReason::Malformed => DropKind::Malformed,
+                DropReason::L3Multicast | DropReason::NotIp => DropKind::L3Filtered,
+                _ => DropKind::Other,
+            }),
+        }
+    }
+
+    fn deliver(&self, to: &PlanSlave, whole: &[u8]) {
+        match to.sock.send(whole) {
+            Ok(_) => to.counters.rx(whole.len() - VNET_HDR_LEN),
+            Err(_) => to.counters.dropped(DropKind::QueueFull),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Every system call ipvlan-rs makes, and the only `unsafe` in the project.
+//!
+//! * [`netns`]: network namespaces as file descriptors, and running code inside one.
+//! * [`rtnl`]: rtnetlink requests (links, addresses, namespace ids) and event monitors.
+//! * [`packet`]: AF_PACKET sockets with virtio-net headers, bound to one device.
+//! * [`nft`]: applying an nftables script atomically inside a namespace.
+
+pub mod netns;
+pub mod nft;
+pub mod packet;
+pub mod rtnl;
+pub mod unix;
+
+pub use netns::{NetNs, NsKey};
+
+/// A MAC address.
+pub type MacAddr = [u8; 6];

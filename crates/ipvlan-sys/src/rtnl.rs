@@ -1,0 +1,681 @@
+//! rtnetlink: link, address and namespace-id requests, and event monitors.
+//!
+//! A socket belongs to the namespace it was created in ([`Rtnl::in_ns`] creates one
+//! inside another namespace). Requests are synchronous: one request, then its
+//! answers until the acknowledgement or the end of the dump. Messages are built and
+//! parsed with `netlink-packet-route`; the multicast-address messages it does not know
+//! (`RTM_NEWMULTICAST` and friends) are parsed here.
+
+use std::io;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recv, recvmsg};
+
+use crate::{MacAddr, NetNs};
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDRLEN: usize = 16;
+const RTM_NEWMULTICAST: u16 = 56;
+const RTM_DELMULTICAST: u16 = 57;
+const RTM_GETMULTICAST: u16 = 58;
+const IFA_MULTICAST: u16 = 7;
+const SOL_NETLINK: i32 = 270;
+const NETLINK_LISTEN_ALL_NSID: i32 = 8;
+
+/// rtnetlink multicast groups a [`Monitor`] joins.
+const GROUPS: [u32; 5] = [
+    1,  // RTNLGRP_LINK
+    5,  // RTNLGRP_IPV4_IFADDR
+    9,  // RTNLGRP_IPV6_IFADDR
+    37, // RTNLGRP_IPV4_MCADDR
+    38, // RTNLGRP_IPV6_MCADDR
+];
+
+pub const IFF_UP: u32 = libc::IFF_UP as u32;
+pub const IFF_NOARP: u32 = libc::IFF_NOARP as u32;
+pub const IFF_PROMISC: u32 = libc::IFF_PROMISC as u32;
+pub const IFF_ALLMULTI: u32 = libc::IFF_ALLMULTI as u32;
+pub const IFF_LOWER_UP: u32 = 1 << 16;
+pub const IFF_LOOPBACK: u32 = libc::IFF_LOOPBACK as u32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtnlError {
+    #[error("netlink: {0}")]
+    Io(#[from] io::Error),
+    #[error("RTNETLINK answers: {}", nix::errno::Errno::from_raw(*errno).desc())]
+    Kernel { errno: i32 },
+    #[error("cannot decode a netlink message: {0}")]
+    Decode(String),
+}
+
+impl RtnlError {
+    /// The kernel's errno, when the kernel refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Kernel { errno } => Some(*errno),
+            Self::Io(e) => e.raw_os_error(),
+            Self::Decode(_) => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RtnlError>;
+
+/// What ipvlan-rs needs to know of a link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND` ("veth", "macvlan", ...), if any.
+    pub kind: Option<String>,
+    /// `ARPHRD_*` link-layer type.
+    pub arphrd: u16,
+    pub flags: u32,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in `link_netnsid`'s namespace).
+    pub link: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the namespace id of `link`, when it is elsewhere.
+    pub link_netnsid: Option<i32>,
+    /// `IFLA_MASTER`: the bridge or bond this device is a port of.
+    pub controller: Option<u32>,
+    pub alias: Option<String>,
+    pub operstate: &'static str,
+    pub promiscuity: u32,
+    pub stats: Option<LinkStats>,
+}
+
+impl Link {
+    pub fn is_up(&self) -> bool {
+        self.flags & IFF_UP != 0
+    }
+    pub fn is_ether(&self) -> bool {
+        self.arphrd == libc::ARPHRD_ETHER
+    }
+    pub fn is_loopback(&self) -> bool {
+        self.flags & IFF_LOOPBACK != 0 || self.arphrd == libc::ARPHRD_LOOPBACK
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// An interface address (`ifa_address`, spec §2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+/// A multicast group joined on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mcast {
+    pub index: u32,
+    pub group: IpAddr,
+}
+
+/// A change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    NewLink(Link),
+    DelLink(Link),
+    NewAddr(Addr),
+    DelAddr(Addr),
+    NewMcast(Mcast),
+    DelMcast(Mcast),
+    /// The socket overflowed: events were lost, state must be read again.
+    Overrun,
+}
+
+/// Changes to an existing link, applied with one `RTM_SETLINK`.
+#[derive(Clone, Debug, Default)]
+pub struct LinkChange {
+    pub flags_set: u32,
+    pub flags_clear: u32,
+    pub mac: Option<MacAddr>,
+    pub mtu: Option<u32>,
+    pub alias: Option<String>,
+    pub name: Option<String>,
+    /// IPv6 address generation: `Some(false)` = none (no link-local), `Some(true)` = eui64.
+    pub ipv6_autoconf: Option<bool>,
+}
+
+/// A veth pair to create.
+#[derive(Clone, Debug)]
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub peer_name: &'a str,
+    pub peer_mtu: u32,
+}
+
+/// A request socket.
+#[derive(Debug)]
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn open_socket() -> io::Result<Socket> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind(&SocketAddr::new(0, 0))?;
+    Ok(sock)
+}
+
+fn parse_link(msg: LinkMessage) -> Link {
+    let mut l = Link {
+        index: msg.header.index,
+        arphrd: u16::from(msg.header.link_layer_type),
+        flags: msg.header.flags.bits(),
+        operstate: "UNKNOWN",
+        ..Default::default()
+    };
+    for a in msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Address(m) if m.len() == 6 => {
+                l.mac = Some(m.try_into().expect("length checked"))
+            }
+            LinkAttribute::Mtu(m) => l.mtu = m,
+            LinkAttribute::Link(i) => l.link = Some(i),
+            LinkAttribute::LinkNetNsId(i) => l.link_netnsid = Some(i),
+            LinkAttribute::Controller(i) => l.controller = Some(i),
+            LinkAttribute::IfAlias(s) => l.alias = Some(s),
+            LinkAttribute::Promiscuity(p) => l.promiscuity = p,
+            LinkAttribute::OperState(s) => {
+                l.operstate = match s {
+                    State::Up => "UP",
+                    State::Down => "DOWN",
+                    State::LowerLayerDown => "LOWERLAYERDOWN",
+                    State::Dormant => "DORMANT",
+                    State::Testing => "TESTING",
+                    State::NotPresent => "NOTPRESENT",
+                    _ => "UNKNOWN",
+                }
+            }
+            LinkAttribute::Stats64(s) => {
+                l.stats = Some(LinkStats {
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                    rx_dropped: s.rx_dropped,
+                    tx_dropped: s.tx_dropped,
+                })
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+fn parse_addr(msg: AddressMessage) -> Option<Addr> {
+    let mut local = None;
+    let mut address = None;
+    for a in msg.attributes {
+        match a {
+            AddressAttribute::Address(ip) => address = Some(ip),
+            AddressAttribute::Local(ip) => local = Some(ip),
+            _ => {}
+        }
+    }
+    // `ifa_address` is what the kernel driver records (spec §2.1); IPv6 carries only it.
+    Some(Addr {
+        index: msg.header.index,
+        ip: address.or(local)?,
+        prefix: msg.header.prefix_len,
+    })
+}
+
+/// Parses an `RTM_*MULTICAST` message (header included).
+fn parse_mcast(msg: &[u8]) -> Option<Mcast> {
+    let body = msg.get(NLMSG_HDRLEN..)?;
+    let family = *body.first()?;
+    let index = u32::from_ne_bytes(body.get(4..8)?.try_into().ok()?);
+    let mut attrs = body.get(8..)?;
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        let val = &attrs[4..len];
+        if ty == IFA_MULTICAST {
+            let group = match (family as i32, val.len()) {
+                (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(val).ok()?)),
+                (libc::AF_INET6, 16) => {
+                    IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(val).ok()?))
+                }
+                _ => return None,
+            };
+            return Some(Mcast { index, group });
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    None
+}
+
+/// Splits a datagram into netlink messages: (type, seq, whole message).
+fn split(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        let rest = buf.get(off..)?;
+        if rest.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
+        let seq = u32::from_ne_bytes(rest[8..12].try_into().ok()?);
+        off += (len + 3) & !3;
+        Some((ty, seq, &rest[..len]))
+    })
+}
+
+fn decode(msg: &[u8]) -> Result<RouteNetlinkMessage> {
+    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
+        Ok(m) => match m.payload {
+            NetlinkPayload::InnerMessage(i) => Ok(i),
+            other => Err(RtnlError::Decode(format!("unexpected payload {other:?}"))),
+        },
+        Err(e) => Err(RtnlError::Decode(e.to_string())),
+    }
+}
+
+fn to_event(ty: u16, msg: &[u8]) -> Option<Event> {
+    match ty {
+        RTM_NEWMULTICAST | RTM_GETMULTICAST => parse_mcast(msg).map(Event::NewMcast),
+        RTM_DELMULTICAST => parse_mcast(msg).map(Event::DelMcast),
+        _ => match decode(msg).ok()? {
+            RouteNetlinkMessage::NewLink(l) => Some(Event::NewLink(parse_link(l))),
+            RouteNetlinkMessage::DelLink(l) => Some(Event::DelLink(parse_link(l))),
+            RouteNetlinkMessage::NewAddress(a) => parse_addr(a).map(Event::NewAddr),
+            RouteNetlinkMessage::DelAddress(a) => parse_addr(a).map(Event::DelAddr),
+            _ => None,
+        },
+    }
+}
+
+fn link_msg(index: u32) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m
+}
+
+impl Rtnl {
+    /// A request socket in the calling thread's namespace.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            sock: open_socket()?,
+            seq: 0,
+            buf: vec![0; 1 << 18],
+        })
+    }
+
+    /// A request socket inside `ns`.
+    pub fn in_ns(ns: &NetNs) -> io::Result<Self> {
+        ns.run(Self::new)?
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut out = vec![0; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        Ok(self.seq)
+    }
+
+    /// Sends a request and collects (type, message) answers until ACK or DONE.
+    fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<(u16, Vec<u8>)>> {
+        let seq = self.send(msg, flags)?;
+        self.collect(seq)
+    }
+
+    fn collect(&mut self, seq: u32) -> Result<Vec<(u16, Vec<u8>)>> {
+        let mut out = Vec::new();
+        loop {
+            let n = recv(self.sock.as_raw_fd(), &mut self.buf, MsgFlags::empty())
+                .map_err(io::Error::from)?;
+            for (ty, mseq, msg) in split(&self.buf[..n]) {
+                if mseq != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let code = msg
+                            .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
+                            .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                            .unwrap_or(-libc::EIO);
+                        return if code == 0 {
+                            Ok(out)
+                        } else {
+                            Err(RtnlError::Kernel { errno: -code })
+                        };
+                    }
+                    _ => out.push((ty, msg.to_vec())),
+                }
+            }
+        }
+    }
+
+    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        self.exchange(msg, flags | NLM_F_ACK).map(drop)
+    }
+
+    fn links_matching(&mut self, msg: LinkMessage, flags: u16) -> Result<Vec<Link>> {
+        let answers = self.exchange(RouteNetlinkMessage::GetLink(msg), flags)?;
+        let mut out = Vec::new();
+        for (_, m) in answers {
+            if let RouteNetlinkMessage::NewLink(l) = decode(&m)? {
+                out.push(parse_link(l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every link of this namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        self.links_matching(LinkMessage::default(), NLM_F_DUMP)
+    }
+
+    fn one_link(&mut self, msg: LinkMessage) -> Result<Option<Link>> {
+        match self.links_matching(msg, 0) {
+            Ok(mut v) => Ok(v.pop()),
+            Err(RtnlError::Kernel { errno }) if errno == libc::ENODEV => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        self.one_link(link_msg(index))
+    }
+
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.one_link(m)
+    }
+
+    /// Creates a veth pair; both ends start down.
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes = vec![
+            LinkAttribute::IfName(spec.peer_name.to_string()),
+            LinkAttribute::Mtu(spec.peer_mtu),
+        ];
+        let mut m = LinkMessage::default();
+        m.attributes = vec![
+            LinkAttribute::IfName(spec.name.to_string()),
+            LinkAttribute::Address(spec.mac.to_vec()),
+            LinkAttribute::Mtu(spec.mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+            ]),
+        ];
+        self.ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    pub fn set_link(&mut self, index: u32, c: &LinkChange) -> Result<()> {
+        let mut m = link_msg(index);
+        m.header.flags = LinkFlags::from_bits_retain(c.flags_set);
+        m.header.change_mask = LinkFlags::from_bits_retain(c.flags_set | c.flags_clear);
+        if let Some(mac) = c.mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(mtu) = c.mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(alias) = &c.alias {
+            m.attributes.push(LinkAttribute::IfAlias(alias.clone()));
+        }
+        if let Some(name) = &c.name {
+            m.attributes.push(LinkAttribute::IfName(name.clone()));
+        }
+        if let Some(auto) = c.ipv6_autoconf {
+            let mode = if auto {
+                In6AddrGenMode::Eui64
+            } else {
+                In6AddrGenMode::None
+            };
+            m.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(mode),
+            ])]));
+        }
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    pub fn del_link(&mut self, index: u32) -> Result<()> {
+        self.ack(RouteNetlinkMessage::DelLink(link_msg(index)), 0)
+    }
+
+    /// Every address of this namespace (IPv4 and IPv6).
+    pub fn addrs(&mut self) -> Result<Vec<Addr>> {
+        let answers =
+            self.exchange(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for (_, m) in answers {
+            if let RouteNetlinkMessage::NewAddress(a) = decode(&m)? {
+                out.extend(parse_addr(a));
+            }
+        }
+        Ok(out)
+    }
+
+    fn addr_msg(a: &Addr) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.family = match a.ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        m.header.prefix_len = a.prefix;
+        m.header.index = a.index;
+        m.attributes.push(AddressAttribute::Local(a.ip));
+        m.attributes.push(AddressAttribute::Address(a.ip));
+        m
+    }
+
+    pub fn add_addr(&mut self, a: &Addr) -> Result<()> {
+        self.ack(RouteNetlinkMessage::NewAddress(Self::addr_msg(a)), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    pub fn del_addr(&mut self, a: &Addr) -> Result<()> {
+        self.ack(RouteNetlinkMessage::DelAddress(Self::addr_msg(a)), 0)
+    }
+
+    /// Multicast groups joined on every interface (IPv4 and IPv6).
+    pub fn mcasts(&mut self) -> Result<Vec<Mcast>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            self.seq = self.seq.wrapping_add(1);
+            let mut req = [0u8; NLMSG_HDRLEN + 8];
+            req[0..4].copy_from_slice(&((NLMSG_HDRLEN + 8) as u32).to_ne_bytes());
+            req[4..6].copy_from_slice(&RTM_GETMULTICAST.to_ne_bytes());
+            req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+            req[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+            req[NLMSG_HDRLEN] = family;
+            self.sock.send(&req, 0)?;
+            let seq = self.seq;
+            for (_, m) in self.collect(seq)? {
+                out.extend(parse_mcast(&m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id this namespace gives to `ns` (`RTM_GETNSID`), if it has one.
+    pub fn nsid_of(&mut self, ns: &NetNs) -> Result<Option<i32>> {
+        let mut m = NsidMessage::default();
+        m.attributes.push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+        for (_, raw) in self.exchange(RouteNetlinkMessage::GetNsId(m), 0)? {
+            if let RouteNetlinkMessage::NewNsId(r) = decode(&raw)? {
+                for a in r.attributes {
+                    if let NsidAttribute::Id(id) = a {
+                        return Ok((id >= 0).then_some(id));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An event socket. It receives link, address and multicast-group changes of its own
+/// namespace and of every namespace that has an id in it, each tagged with that id.
+#[derive(Debug)]
+pub struct Monitor {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Monitor {
+    /// A monitor in the calling thread's namespace.
+    pub fn new() -> io::Result<Self> {
+        let sock = open_socket()?;
+        for g in GROUPS {
+            sock.add_membership(g)?;
+        }
+        sock.set_listen_all_namespaces(true)?;
+        sock.set_non_blocking(true)?;
+        let _ = sock.set_rx_buf_sz(4 << 20);
+        debug_assert_eq!(SOL_NETLINK, libc::SOL_NETLINK);
+        Ok(Self {
+            sock,
+            buf: vec![0; 1 << 18],
+        })
+    }
+
+    /// A monitor inside `ns`.
+    pub fn in_ns(ns: &NetNs) -> io::Result<Self> {
+        ns.run(Self::new)?
+    }
+
+    /// Reads every pending event into `out` as (namespace id, event); the id is `None`
+    /// for events of the monitor's own namespace. Returns when nothing is pending.
+    pub fn read(&mut self, out: &mut Vec<(Option<i32>, Event)>) -> io::Result<()> {
+        let mut cmsg = nix::cmsg_space!(i32);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf)];
+            let (n, nsid) = match recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            ) {
+                Ok(r) => {
+                    let mut nsid = None;
+                    if let Ok(cmsgs) = r.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::Unknown(u) = c
+                                && u.cmsg_header.cmsg_level == SOL_NETLINK
+                                && u.cmsg_header.cmsg_type == NETLINK_LISTEN_ALL_NSID
+                                && u.data_bytes.len() >= 4
+                            {
+                                nsid = Some(i32::from_ne_bytes(
+                                    u.data_bytes[..4].try_into().expect("4 bytes"),
+                                ));
+                            }
+                        }
+                    }
+                    (r.bytes, nsid)
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::ENOBUFS) => {
+                    out.push((None, Event::Overrun));
+                    continue;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for (ty, _, msg) in split(&self.buf[..n]) {
+                if let Some(ev) = to_event(ty, msg) {
+                    out.push((nsid, ev));
+                }
+            }
+        }
+    }
+}
+
+impl AsRawFd for Monitor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+/// The ARPHRD value of Ethernet devices, for callers that compare link types.
+pub const ARPHRD_ETHER: u16 = libc::ARPHRD_ETHER;
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_an_ipv6_multicast_message() {
+        let mut m = vec![0u8; NLMSG_HDRLEN];
+        m.extend_from_slice(&[libc::AF_INET6 as u8, 128, 0, 0]);
+        m.extend_from_slice(&7u32.to_ne_bytes());
+        m.extend_from_slice(&20u16.to_ne_bytes());
+        m.extend_from_slice(&IFA_MULTICAST.to_ne_bytes());
+        let g: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+        m.extend_from_slice(&g.octets());
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        assert_eq!(
+            parse_mcast(&m),
+            Some(Mcast {
+                index: 7,
+                group: IpAddr::V6(g)
+            })
+        );
+        assert_eq!(parse_mcast(&m[..m.len() - 1]), None);
+    }
+
+    #[test]
+    fn split_stops_at_a_bad_length() {
+        let mut two = vec![0u8; 32];
+        two[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        two[16..20].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(split(&two).count(), 1);
+    }
+}

@@ -1,0 +1,67 @@
+//! Unix-socket helpers for the control socket: passing a descriptor with a message,
+//! and the peer's credentials.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, getsockopt, recvmsg, sendmsg, sockopt,
+};
+
+/// Sends `data` with `fd` attached; returns how many bytes of `data` went.
+pub fn send_with_fd(stream: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    Ok(sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(data)],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )?)
+}
+
+/// Receives into `buf`, with the first descriptor that came along (others are closed).
+pub fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut first = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel installed this descriptor for this process just now
+                // and nothing else refers to it, so taking ownership is sound.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                if first.is_none() {
+                    first = Some(owned);
+                }
+            }
+        }
+    }
+    Ok((msg.bytes, first))
+}
+
+/// The peer's (pid, uid) as the kernel recorded them at connect time.
+pub fn peer_cred(stream: &UnixStream) -> io::Result<(i32, u32)> {
+    let c = getsockopt(stream, sockopt::PeerCredentials)?;
+    Ok((c.pid(), c.uid()))
+}
+
+/// Whether process `pid` holds CAP_NET_ADMIN in its effective set.
+pub fn has_net_admin(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}

@@ -1,0 +1,1101 @@
+//! The daemon: one process serving every master in every namespace.
+//!
+//! It owns the ports (one per master, keyed by the master's namespace and ifindex),
+//! learns slave addresses from rtnetlink events the kernel's way, keeps the user
+//! backend and its guard in step with every change, and answers the CLI on a Unix
+//! socket. Everything runs on one control thread; each port's frames are switched on
+//! that port's own thread (see `ipvlan_datapath::user`).
+//!
+//! Where a slave is: the slave end of a veth pair can be moved to any namespace; its
+//! host end stays beside the master. The host end's `IFLA_LINK` and
+//! `IFLA_LINK_NETNSID` say where the slave end is now, and one monitor socket per
+//! master namespace (listening to all namespaces that have an id there) sees its
+//! address, link and multicast events wherever it goes. No descriptor of a slave's
+//! namespace is kept, so deleting that namespace is not prevented.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, ip_multicast_mac};
+use ipvlan_datapath::user::UserBackend;
+use ipvlan_datapath::{Plan, PlanSlave, SlaveCounters, guard};
+use ipvlan_sys::netns::{all_namespaces, named_namespaces};
+use ipvlan_sys::packet::PacketSocket;
+use ipvlan_sys::rtnl::{
+    Addr, Event, IFF_ALLMULTI, IFF_NOARP, IFF_PROMISC, IFF_UP, Link, LinkChange, Monitor, Rtnl,
+    RtnlError, VethSpec,
+};
+use ipvlan_sys::{NetNs, NsKey, nft};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::proto::{self, Reply, Request, SlaveView, Status};
+
+const LISTENER: Token = Token(0);
+/// The interface alias that marks a host end as ours.
+pub const ALIAS_PREFIX: &str = "ipvlan-rs:";
+
+/// A failed request: what to print and the exit status.
+#[derive(Debug)]
+pub struct Fail {
+    pub status: Status,
+    pub msg: String,
+}
+
+fn refused(msg: impl Into<String>) -> Fail {
+    Fail {
+        status: Status::Refused,
+        msg: msg.into(),
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail {
+        status: Status::Usage,
+        msg: msg.into(),
+    }
+}
+
+impl From<RtnlError> for Fail {
+    fn from(e: RtnlError) -> Self {
+        refused(e.to_string())
+    }
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Self {
+        refused(format!("Error: {e}"))
+    }
+}
+
+/// Where a slave end is, as seen from its master's namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    /// The namespace's id in the master's namespace; `None` = the master's own.
+    nsid: Option<i32>,
+    index: u32,
+}
+
+struct SlaveRec {
+    host_index: u32,
+    host_name: String,
+    sock: Arc<PacketSocket>,
+    counters: Arc<SlaveCounters>,
+    /// `None` while the slave end is between namespaces.
+    loc: Option<Loc>,
+    name: String,
+    flags: u32,
+}
+
+struct PortRec {
+    ns: NsKey,
+    master_index: u32,
+    master_name: String,
+    port: Port,
+    slaves: BTreeMap<SlaveId, SlaveRec>,
+    backend: UserBackend,
+    guard: String,
+}
+
+/// A master namespace the daemon watches.
+struct Watched {
+    ns: NetNs,
+    rtnl: Rtnl,
+    monitor: Monitor,
+    token: Token,
+    /// Where namespaces with an id here were last found.
+    nsid_paths: HashMap<i32, PathBuf>,
+}
+
+pub struct Daemon {
+    poll: Poll,
+    listener: UnixListener,
+    watched: HashMap<NsKey, Watched>,
+    ports: Vec<PortRec>,
+    next_token: usize,
+}
+
+/// The IPv6 link-local address the kernel gives an ipvlan slave (spec §1.5): the
+/// dev_id in place of `ff:fe`, the U/L bit left alone.
+pub fn slave_link_local(mac: MacAddr, dev_id: u16) -> Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    let [h, l] = dev_id.to_be_bytes();
+    Ipv6Addr::from([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, a, b, c, h, l, d, e, f,
+    ])
+}
+
+/// The classic EUI-64 link-local a veth with this MAC generates by itself.
+fn eui64_link_local(mac: MacAddr) -> Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    Ipv6Addr::from([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, a ^ 2, b, c, 0xff, 0xfe, d, e, f,
+    ])
+}
+
+fn mac_str(m: MacAddr) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Host end name: `ivh<master ifindex>.<dev_id>`, unique in the master's namespace.
+fn host_end_name(master_index: u32, dev_id: u16) -> String {
+    let n = format!("ivh{master_index}.{dev_id}");
+    if n.len() <= 15 {
+        n
+    } else {
+        format!("iv{master_index:x}.{dev_id:x}")
+    }
+}
+
+impl Daemon {
+    pub fn new(socket: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        if UnixStream::connect(socket).is_ok() {
+            anyhow::bail!("a daemon already answers on {}", socket.display());
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            LISTENER,
+            Interest::READABLE,
+        )?;
+        Ok(Self {
+            poll,
+            listener,
+            watched: HashMap::new(),
+            ports: Vec::new(),
+            next_token: 1,
+        })
+    }
+
+    /// Serves until `stop` becomes true.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(64);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(500))) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for t in tokens {
+                if t == LISTENER {
+                    self.accept_all();
+                } else if let Some(key) = self
+                    .watched
+                    .iter()
+                    .find(|(_, w)| w.token == t)
+                    .map(|(k, _)| *k)
+                {
+                    self.drain_monitor(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.serve(&stream) {
+                        tracing::warn!("control connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, stream: &UnixStream) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let (pid, uid) = ipvlan_sys::unix::peer_cred(stream)?;
+        if uid != 0 && !ipvlan_sys::unix::has_net_admin(pid) {
+            return proto::send_reply(
+                stream,
+                &Reply {
+                    status: Status::Refused,
+                    error: Some("Error: Operation not permitted (ipvlan-rs needs root or CAP_NET_ADMIN).".into()),
+                    links: vec![],
+                },
+            );
+        }
+        let (req, fd) = proto::receive(stream)?;
+        let reply = match self.handle(req, fd) {
+            Ok(links) => Reply {
+                status: Status::Ok,
+                error: None,
+                links,
+            },
+            Err(f) => Reply {
+                status: f.status,
+                error: Some(f.msg),
+                links: vec![],
+            },
+        };
+        proto::send_reply(stream, &reply)
+    }
+
+    fn handle(&mut self, req: Request, fd: OwnedFd) -> Result<Vec<SlaveView>, Fail> {
+        let caller = NetNs::from_fd(fd)?;
+        match req {
+            Request::Add {
+                master,
+                name,
+                mtu,
+                mode,
+                flags,
+            } => self.add(&caller, &master, &name, mtu, mode, flags).map(|()| vec![]),
+            Request::Set { dev, mode, flags } => self.set(&caller, &dev, mode, flags).map(|()| vec![]),
+            Request::Del { dev } => self.del(&caller, &dev).map(|()| vec![]),
+            Request::Show { dev } => self.show(&caller, dev.as_deref()),
+        }
+    }
+
+    // ---- requests -------------------------------------------------------------------
+
+    /// A request socket in `ns`: the watched one, or a fresh one.
+    fn rtnl_for(&mut self, ns: &NetNs) -> io::Result<RtnlRef<'_>> {
+        if self.watched.contains_key(&ns.key()) {
+            Ok(RtnlRef::Watched(
+                &mut self.watched.get_mut(&ns.key()).expect("checked").rtnl,
+            ))
+        } else {
+            Ok(RtnlRef::Own(Rtnl::in_ns(ns)?))
+        }
+    }
+
+    fn add(
+        &mut self,
+        caller: &NetNs,
+        master: &str,
+        name: &str,
+        mtu: Option<u32>,
+        mode: Option<Mode>,
+        flags: Option<Flags>,
+    ) -> Result<(), Fail> {
+        crate::grammar::check_ifname(name).map_err(|e| usage(e.0))?;
+        let (m, taken) = {
+            let mut rt = self.rtnl_for(caller)?;
+            let m = rt.get().link_by_name(master)?;
+            let taken = rt.get().link_by_name(name)?.is_some();
+            (m, taken)
+        };
+        let m = m.ok_or_else(|| usage(format!("Cannot find device \"{master}\"")))?;
+        if self.find_slave(caller, m.index)?.is_some() {
+            return Err(refused(format!(
+                "Error: \"{master}\" is itself an ipvlan-rs slave; nesting slaves is not supported yet: use its master."
+            )));
+        }
+        if m.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX)) {
+            return Err(refused(format!(
+                "Error: \"{master}\" is the host end of an ipvlan-rs slave and cannot be a master."
+            )));
+        }
+        if m.is_loopback() {
+            return Err(refused(format!(
+                "Error: master \"{master}\" is a loopback device; an ipvlan master must be an Ethernet device (RTNETLINK answers: Invalid argument)."
+            )));
+        }
+        if !m.is_ether() || m.mac.is_none() {
+            return Err(refused(format!(
+                "Error: master \"{master}\" is not an Ethernet device (link type {}); an ipvlan master must be an Ethernet device (RTNETLINK answers: Invalid argument).",
+                m.arphrd
+            )));
+        }
+        if m.controller.is_some() {
+            return Err(refused(format!(
+                "Error: master \"{master}\" is already in use as a port of another device (RTNETLINK answers: Device or resource busy)."
+            )));
+        }
+        if taken {
+            return Err(refused("RTNETLINK answers: File exists"));
+        }
+        let mac = m.mac.expect("checked above");
+
+        let pi = match self
+            .ports
+            .iter()
+            .position(|p| p.ns == caller.key() && p.master_index == m.index)
+        {
+            Some(pi) => pi,
+            None => self.new_port(caller, &m)?,
+        };
+        let result = self.add_to_port(pi, caller, &m, name, mtu, mode, flags, mac);
+        if result.is_err() && self.ports[pi].slaves.is_empty() {
+            self.destroy_port(pi);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_to_port(
+        &mut self,
+        pi: usize,
+        caller: &NetNs,
+        m: &Link,
+        name: &str,
+        mtu: Option<u32>,
+        mode: Option<Mode>,
+        flags: Option<Flags>,
+        mac: MacAddr,
+    ) -> Result<(), Fail> {
+        let id = self.ports[pi]
+            .port
+            .add_slave()
+            .map_err(|e| refused(format!("Error: {e} (RTNETLINK answers: No space left on device)")))?;
+        let host_name = host_end_name(m.index, id.0);
+        let undo = |d: &mut Self| d.ports[pi].port.remove_slave(id);
+        let w = self.watched.get_mut(&caller.key()).expect("port namespace is watched");
+        if let Err(e) = w.rtnl.create_veth(&VethSpec {
+            name,
+            mac,
+            mtu: mtu.unwrap_or(m.mtu),
+            peer_name: &host_name,
+            // The host end carries whatever the slave sends (the driver has no TX MTU check).
+            peer_mtu: 65535,
+        }) {
+            undo(self);
+            return Err(e.into());
+        }
+        let made = (|| -> Result<(Link, Link, PacketSocket), Fail> {
+            let host = w
+                .rtnl
+                .link_by_name(&host_name)?
+                .ok_or_else(|| refused("Error: the new host end vanished"))?;
+            let slave = w
+                .rtnl
+                .link_by_name(name)?
+                .ok_or_else(|| refused("Error: the new slave vanished"))?;
+            w.rtnl.set_link(
+                host.index,
+                &LinkChange {
+                    flags_set: IFF_NOARP,
+                    alias: Some(format!(
+                        "{ALIAS_PREFIX} host end of {name} (master {}, dev_id {})",
+                        m.name, id.0
+                    )),
+                    ipv6_autoconf: Some(false),
+                    ..Default::default()
+                },
+            )?;
+            w.rtnl.set_link(
+                host.index,
+                &LinkChange {
+                    flags_set: IFF_UP,
+                    ..Default::default()
+                },
+            )?;
+            // The kernel would derive the link-local from the dev_id; the daemon adds
+            // that address itself when the slave comes up (see `ensure_link_local`).
+            w.rtnl.set_link(
+                slave.index,
+                &LinkChange {
+                    ipv6_autoconf: Some(false),
+                    ..Default::default()
+                },
+            )?;
+            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            Ok((host, slave, sock))
+        })();
+        let (host, slave, sock) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                if let Ok(Some(h)) = w.rtnl.link_by_name(&host_name) {
+                    let _ = w.rtnl.del_link(h.index);
+                }
+                undo(self);
+                return Err(e);
+            }
+        };
+        let p = &mut self.ports[pi];
+        p.slaves.insert(
+            id,
+            SlaveRec {
+                host_index: host.index,
+                host_name,
+                sock: Arc::new(sock),
+                counters: Arc::new(SlaveCounters::default()),
+                loc: Some(Loc {
+                    nsid: None,
+                    index: slave.index,
+                }),
+                name: name.to_string(),
+                flags: slave.flags,
+            },
+        );
+        let mode_changed = p.port.apply_newlink(mode, flags);
+        if mode_changed {
+            self.apply_noarp(pi);
+        } else {
+            self.set_noarp(pi, id);
+        }
+        self.publish(pi);
+        tracing::info!(
+            "added {name} (dev_id {}) on {} in {}",
+            id.0,
+            m.name,
+            caller.key()
+        );
+        Ok(())
+    }
+
+    fn new_port(&mut self, ns: &NetNs, m: &Link) -> Result<usize, Fail> {
+        self.watch(ns)?;
+        let w = &self.watched[&ns.key()];
+        let master_sock = w.ns.run(|| PacketSocket::open(m.index))??;
+        let port = Port::new(m.mac.expect("checked by the caller"));
+        let backend = UserBackend::start(
+            master_sock,
+            Plan {
+                snap: port.snapshot(),
+                slaves: vec![],
+            },
+        )?;
+        self.ports.push(PortRec {
+            ns: ns.key(),
+            master_index: m.index,
+            master_name: m.name.clone(),
+            port,
+            slaves: BTreeMap::new(),
+            backend,
+            guard: String::new(),
+        });
+        Ok(self.ports.len() - 1)
+    }
+
+    fn watch(&mut self, ns: &NetNs) -> io::Result<()> {
+        if self.watched.contains_key(&ns.key()) {
+            return Ok(());
+        }
+        let monitor = Monitor::in_ns(ns)?;
+        let rtnl = Rtnl::in_ns(ns)?;
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll.registry().register(
+            &mut SourceFd(&monitor.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
+        self.watched.insert(
+            ns.key(),
+            Watched {
+                ns: ns.try_clone()?,
+                rtnl,
+                monitor,
+                token,
+                nsid_paths: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn destroy_port(&mut self, pi: usize) {
+        let p = self.ports.remove(pi);
+        if let Some(w) = self.watched.get(&p.ns) {
+            if let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index)) {
+                tracing::warn!("removing the guard of {}: {e}", p.master_name);
+            }
+        }
+        drop(p.backend);
+        if !self.ports.iter().any(|q| q.ns == p.ns) {
+            if let Some(w) = self.watched.remove(&p.ns) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&w.monitor.as_raw_fd()));
+            }
+        }
+    }
+
+    /// Forgets a slave; with `delete`, removes its veth pair too.
+    fn remove_slave(&mut self, pi: usize, id: SlaveId, delete: bool) {
+        let p = &mut self.ports[pi];
+        let Some(rec) = p.slaves.remove(&id) else {
+            return;
+        };
+        p.port.remove_slave(id);
+        if delete {
+            if let Some(w) = self.watched.get_mut(&p.ns) {
+                match w.rtnl.del_link(rec.host_index) {
+                    Ok(()) => {}
+                    Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV as i32) => {}
+                    Err(e) => tracing::warn!("deleting {}: {e}", rec.host_name),
+                }
+            }
+        }
+        tracing::info!("removed slave {} (dev_id {})", rec.name, id.0);
+        if self.ports[pi].slaves.is_empty() {
+            self.destroy_port(pi);
+        } else {
+            self.publish(pi);
+        }
+    }
+
+    /// The port and slave that `index` in namespace `ns` is, if it is one of ours.
+    fn find_slave(&mut self, ns: &NetNs, index: u32) -> Result<Option<(usize, SlaveId)>, Fail> {
+        for pi in 0..self.ports.len() {
+            let pns = self.ports[pi].ns;
+            let nsid = if pns == ns.key() {
+                None
+            } else {
+                let w = self.watched.get_mut(&pns).expect("port namespace is watched");
+                match w.rtnl.nsid_of(ns)? {
+                    Some(id) => Some(id),
+                    None => continue,
+                }
+            };
+            let want = Some(Loc { nsid, index });
+            if let Some((&id, _)) = self.ports[pi].slaves.iter().find(|(_, s)| s.loc == want) {
+                return Ok(Some((pi, id)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn resolve_dev(&mut self, caller: &NetNs, dev: &str) -> Result<(usize, SlaveId), Fail> {
+        let link = self
+            .rtnl_for(caller)?
+            .get()
+            .link_by_name(dev)?
+            .ok_or_else(|| usage(format!("Cannot find device \"{dev}\"")))?;
+        self.find_slave(caller, link.index)?.ok_or_else(|| {
+            refused(format!(
+                "Error: \"{dev}\" is not an ipvlan device of ipvlan-rs (use ip for other devices)."
+            ))
+        })
+    }
+
+    fn del(&mut self, caller: &NetNs, dev: &str) -> Result<(), Fail> {
+        let (pi, id) = self.resolve_dev(caller, dev)?;
+        self.remove_slave(pi, id, true);
+        Ok(())
+    }
+
+    fn set(
+        &mut self,
+        caller: &NetNs,
+        dev: &str,
+        mode: Option<Mode>,
+        flags: Option<Flags>,
+    ) -> Result<(), Fail> {
+        let (pi, _) = self.resolve_dev(caller, dev)?;
+        if self.ports[pi].port.apply_changelink(mode, flags) {
+            self.apply_noarp(pi);
+        }
+        self.publish(pi);
+        Ok(())
+    }
+
+    fn show(&mut self, caller: &NetNs, dev: Option<&str>) -> Result<Vec<SlaveView>, Fail> {
+        let only = match dev {
+            Some(d) => Some(self.resolve_dev(caller, d)?),
+            None => None,
+        };
+        let names = named_namespaces();
+        let ns_name = |k: NsKey| names.iter().find(|(_, n)| *n == k).map(|(s, _)| s.clone());
+        let mut out = Vec::new();
+        for pi in 0..self.ports.len() {
+            let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+            for id in ids {
+                if only.is_some_and(|o| o != (pi, id)) {
+                    continue;
+                }
+                let (key, link) = match self.slave_link(pi, id) {
+                    Some((k, l)) => (Some(k), l),
+                    None => (None, None),
+                };
+                let p = &self.ports[pi];
+                let rec = &p.slaves[&id];
+                let state = p.port.slave(id);
+                let link = link.unwrap_or_else(|| Link {
+                    name: rec.name.clone(),
+                    flags: rec.flags,
+                    ..Default::default()
+                });
+                out.push(SlaveView {
+                    ifindex: link.index,
+                    ifname: link.name.clone(),
+                    flags: crate::output::flag_names(link.flags),
+                    mtu: link.mtu,
+                    operstate: link.operstate.to_string(),
+                    address: link.mac.map(mac_str).unwrap_or_default(),
+                    netns: key.and_then(ns_name),
+                    netns_id: key.map(|k| k.to_string()),
+                    master: p.master_name.clone(),
+                    master_netns: ns_name(p.ns),
+                    mode: p.port.mode(),
+                    port_flags: p.port.flags(),
+                    dev_id: id.0,
+                    host_end: rec.host_name.clone(),
+                    addrs: state
+                        .map(|s| s.addrs.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                    counters: rec.counters.read(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- where slaves are -----------------------------------------------------------
+
+    /// The namespace with id `nsid` in the port namespace `key`.
+    fn ns_of(&mut self, key: NsKey, nsid: Option<i32>) -> Option<NetNs> {
+        let w = self.watched.get_mut(&key)?;
+        let Some(nsid) = nsid else {
+            return w.ns.try_clone().ok();
+        };
+        if let Some(path) = w.nsid_paths.get(&nsid) {
+            if let Ok(ns) = NetNs::open(path) {
+                if matches!(w.rtnl.nsid_of(&ns), Ok(Some(i)) if i == nsid) {
+                    return Some(ns);
+                }
+            }
+        }
+        for (path, ns) in all_namespaces() {
+            if matches!(w.rtnl.nsid_of(&ns), Ok(Some(i)) if i == nsid) {
+                w.nsid_paths.insert(nsid, path);
+                return Some(ns);
+            }
+        }
+        None
+    }
+
+    /// Runs `f` with a request socket in the slave's current namespace.
+    fn with_slave_rtnl<T>(
+        &mut self,
+        pi: usize,
+        id: SlaveId,
+        f: impl FnOnce(&mut Rtnl, u32) -> T,
+    ) -> Option<(NsKey, T)> {
+        let p = &self.ports[pi];
+        let loc = p.slaves.get(&id)?.loc?;
+        let key = p.ns;
+        if loc.nsid.is_none() {
+            let w = self.watched.get_mut(&key)?;
+            return Some((key, f(&mut w.rtnl, loc.index)));
+        }
+        let ns = self.ns_of(key, loc.nsid)?;
+        let mut rt = Rtnl::in_ns(&ns).ok()?;
+        Some((ns.key(), f(&mut rt, loc.index)))
+    }
+
+    fn slave_link(&mut self, pi: usize, id: SlaveId) -> Option<(NsKey, Option<Link>)> {
+        self.with_slave_rtnl(pi, id, |rt, index| rt.link_by_index(index).ok().flatten())
+    }
+
+    fn set_noarp(&mut self, pi: usize, id: SlaveId) {
+        let noarp = self.ports[pi].port.mode() != Mode::L2;
+        let change = LinkChange {
+            flags_set: if noarp { IFF_NOARP } else { 0 },
+            flags_clear: if noarp { 0 } else { IFF_NOARP },
+            ..Default::default()
+        };
+        if let Some((_, Err(e))) = self.with_slave_rtnl(pi, id, |rt, index| rt.set_link(index, &change)) {
+            tracing::warn!("setting NOARP on a slave: {e}");
+        }
+    }
+
+    /// L3 and L3S slaves are NOARP, L2 slaves are not (spec §4.3).
+    fn apply_noarp(&mut self, pi: usize) {
+        let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+        for id in ids {
+            self.set_noarp(pi, id);
+        }
+    }
+
+    /// Finds the slave end again from its host end, then reads its state there.
+    fn relocate(&mut self, pi: usize, id: SlaveId) {
+        let key = self.ports[pi].ns;
+        let host_index = self.ports[pi].slaves[&id].host_index;
+        let host = self
+            .watched
+            .get_mut(&key)
+            .and_then(|w| w.rtnl.link_by_index(host_index).ok().flatten());
+        let Some(host) = host else {
+            // The pair is gone (either end deleted, or its namespace destroyed).
+            self.remove_slave(pi, id, false);
+            return;
+        };
+        let Some(peer) = host.link.filter(|&i| i != 0) else {
+            self.remove_slave(pi, id, true);
+            return;
+        };
+        let loc = Loc {
+            nsid: host.link_netnsid,
+            index: peer,
+        };
+        let rec = self.ports[pi].slaves.get_mut(&id).expect("caller checked");
+        if rec.loc == Some(loc) {
+            return;
+        }
+        rec.loc = Some(loc);
+        self.sync_slave(pi, id);
+    }
+
+    /// Reads a slave's link, addresses and groups and makes the port agree.
+    fn sync_slave(&mut self, pi: usize, id: SlaveId) {
+        let got = self.with_slave_rtnl(pi, id, |rt, index| {
+            let link = rt.link_by_index(index).ok().flatten();
+            if link.is_some() {
+                let _ = rt.set_link(
+                    index,
+                    &LinkChange {
+                        ipv6_autoconf: Some(false),
+                        ..Default::default()
+                    },
+                );
+            }
+            let addrs: Vec<Addr> = rt
+                .addrs()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a.index == index)
+                .collect();
+            let groups: Vec<IpAddr> = rt
+                .mcasts()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.index == index)
+                .map(|m| m.group)
+                .collect();
+            (link, addrs, groups)
+        });
+        let Some((_, (Some(link), addrs, groups))) = got else {
+            return;
+        };
+        let p = &mut self.ports[pi];
+        let old: Vec<IpAddr> = p.port.slave(id).map(|s| s.addrs.clone()).unwrap_or_default();
+        for ip in old {
+            if !addrs.iter().any(|a| a.ip == ip) {
+                p.port.remove_addr(id, ip);
+            }
+        }
+        if let Some(mc) = p.port.mc_filter_mut(id) {
+            mc.replace(groups.into_iter().filter_map(ip_multicast_mac));
+        }
+        self.on_link(pi, id, &link);
+        for a in addrs {
+            self.on_new_addr(pi, id, a);
+        }
+    }
+
+    fn on_link(&mut self, pi: usize, id: SlaveId, link: &Link) {
+        let p = &mut self.ports[pi];
+        let Some(rec) = p.slaves.get_mut(&id) else {
+            return;
+        };
+        let was_up = rec.flags & IFF_UP != 0;
+        rec.flags = link.flags;
+        rec.name = link.name.clone();
+        let up = link.is_up();
+        p.port.set_slave_up(id, up);
+        if let Some(mc) = p.port.mc_filter_mut(id) {
+            mc.set_all(link.flags & (IFF_PROMISC | IFF_ALLMULTI) != 0);
+        }
+        if up && !was_up || up && link.mac.is_some() {
+            self.ensure_link_local(pi, id);
+        }
+    }
+
+    /// Gives an up slave the dev_id link-local the kernel would have generated.
+    fn ensure_link_local(&mut self, pi: usize, id: SlaveId) {
+        let p = &self.ports[pi];
+        let ll = IpAddr::V6(slave_link_local(p.port.master_mac(), id.0));
+        if p.port.slave(id).is_some_and(|s| s.addrs.contains(&ll)) {
+            return;
+        }
+        let r = self.with_slave_rtnl(pi, id, |rt, index| {
+            rt.add_addr(&Addr {
+                index,
+                ip: ll,
+                prefix: 64,
+            })
+        });
+        match r {
+            Some((_, Ok(()))) | None => {}
+            Some((_, Err(e))) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {}
+            Some((_, Err(e))) => tracing::warn!("adding the link-local {ll}: {e}"),
+        }
+    }
+
+    fn on_new_addr(&mut self, pi: usize, id: SlaveId, a: Addr) {
+        let mac = self.ports[pi].port.master_mac();
+        if a.ip == IpAddr::V6(eui64_link_local(mac)) {
+            // Every slave would generate this one: replace it by the dev_id form.
+            let _ = self.with_slave_rtnl(pi, id, |rt, _| rt.del_addr(&a));
+            self.ensure_link_local(pi, id);
+            return;
+        }
+        let p = &mut self.ports[pi];
+        if p.port.slave(id).is_some_and(|s| s.addrs.contains(&a.ip)) {
+            return; // a repeated notification (flags changed, DAD finished)
+        }
+        match p.port.add_addr(id, a.ip) {
+            Ok(()) => {}
+            Err(PortError::AddrInUse { owner, .. }) => {
+                let owner_name = p.slaves.get(&owner).map(|s| s.name.clone()).unwrap_or_default();
+                let name = p.slaves.get(&id).map(|s| s.name.clone()).unwrap_or_default();
+                tracing::warn!(
+                    "refused {} on {name}: Address already assigned to an ipvlan device ({owner_name}); removed it again",
+                    a.ip
+                );
+                let _ = self.with_slave_rtnl(pi, id, |rt, _| rt.del_addr(&a));
+            }
+            Err(e) => tracing::warn!("address {}: {e}", a.ip),
+        }
+    }
+
+    // ---- events ---------------------------------------------------------------------
+
+    fn drain_monitor(&mut self, key: NsKey) {
+        let mut evs = Vec::new();
+        if let Some(w) = self.watched.get_mut(&key) {
+            if let Err(e) = w.monitor.read(&mut evs) {
+                tracing::warn!("monitor in {key}: {e}");
+            }
+        }
+        let mut dirty = vec![false; self.ports.len()];
+        let mut resync = false;
+        for (nsid, ev) in evs {
+            if self.handle_event(key, nsid, ev, &mut dirty) {
+                resync = true;
+            }
+            if dirty.len() != self.ports.len() {
+                dirty = vec![true; self.ports.len()];
+            }
+        }
+        if resync {
+            for pi in 0..self.ports.len() {
+                if self.ports[pi].ns == key {
+                    let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+                    for id in ids {
+                        if pi < self.ports.len() && self.ports[pi].slaves.contains_key(&id) {
+                            self.sync_slave(pi, id);
+                        }
+                    }
+                    dirty[pi] = true;
+                }
+            }
+        }
+        for (pi, d) in dirty.into_iter().enumerate() {
+            if d && pi < self.ports.len() {
+                self.publish(pi);
+            }
+        }
+    }
+
+    /// Applies one event; true when state must be read again.
+    fn handle_event(&mut self, key: NsKey, nsid: Option<i32>, ev: Event, dirty: &mut [bool]) -> bool {
+        let find = |d: &Self, index: u32| {
+            d.ports.iter().enumerate().filter(|(_, p)| p.ns == key).find_map(|(pi, p)| {
+                p.slaves
+                    .iter()
+                    .find(|(_, s)| s.loc == Some(Loc { nsid, index }))
+                    .map(|(&id, _)| (pi, id))
+            })
+        };
+        match ev {
+            Event::Overrun => return true,
+            Event::NewLink(l) => {
+                if let Some((pi, id)) = find(self, l.index) {
+                    self.on_link(pi, id, &l);
+                    dirty[pi] = true;
+                } else if nsid.is_none() {
+                    self.on_master_link(key, &l, dirty);
+                }
+                self.relocate_moving(key, dirty);
+            }
+            Event::DelLink(l) => {
+                if let Some((pi, id)) = find(self, l.index) {
+                    // Moved away or deleted: the host end will tell which.
+                    self.ports[pi].slaves.get_mut(&id).expect("found").loc = None;
+                    self.relocate(pi, id);
+                    return false;
+                }
+                if nsid.is_none() {
+                    let hit = self.ports.iter().enumerate().filter(|(_, p)| p.ns == key).find_map(|(pi, p)| {
+                        p.slaves.iter().find(|(_, s)| s.host_index == l.index).map(|(&id, _)| (pi, id))
+                    });
+                    if let Some((pi, id)) = hit {
+                        self.remove_slave(pi, id, false);
+                    }
+                }
+            }
+            Event::NewAddr(a) => {
+                if let Some((pi, id)) = find(self, a.index) {
+                    self.on_new_addr(pi, id, a);
+                    dirty[pi] = true;
+                }
+            }
+            Event::DelAddr(a) => {
+                if let Some((pi, id)) = find(self, a.index) {
+                    self.ports[pi].port.remove_addr(id, a.ip);
+                    dirty[pi] = true;
+                }
+            }
+            Event::NewMcast(m) => {
+                if let (Some((pi, id)), Some(mac)) = (find(self, m.index), ip_multicast_mac(m.group)) {
+                    if let Some(f) = self.ports[pi].port.mc_filter_mut(id) {
+                        f.add(mac);
+                    }
+                    dirty[pi] = true;
+                }
+            }
+            Event::DelMcast(m) => {
+                if let (Some((pi, id)), Some(mac)) = (find(self, m.index), ip_multicast_mac(m.group)) {
+                    if let Some(f) = self.ports[pi].port.mc_filter_mut(id) {
+                        f.remove(mac);
+                    }
+                    dirty[pi] = true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Slaves between namespaces are looked for again after every link event.
+    fn relocate_moving(&mut self, key: NsKey, dirty: &mut [bool]) {
+        let moving: Vec<(usize, SlaveId)> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.ns == key)
+            .flat_map(|(pi, p)| {
+                p.slaves
+                    .iter()
+                    .filter(|(_, s)| s.loc.is_none())
+                    .map(move |(&id, _)| (pi, id))
+            })
+            .collect();
+        for (pi, id) in moving.into_iter().rev() {
+            if pi < self.ports.len() && self.ports[pi].slaves.contains_key(&id) {
+                self.relocate(pi, id);
+                if let Some(d) = dirty.get_mut(pi) {
+                    *d = true;
+                }
+            }
+        }
+    }
+
+    /// The master changed: follow its name and MAC (spec §7.1).
+    fn on_master_link(&mut self, key: NsKey, l: &Link, dirty: &mut [bool]) {
+        for pi in 0..self.ports.len() {
+            let p = &mut self.ports[pi];
+            if p.ns != key || p.master_index != l.index {
+                continue;
+            }
+            if !l.name.is_empty() && p.master_name != l.name {
+                p.master_name = l.name.clone();
+                dirty[pi] = true;
+            }
+            if let Some(mac) = l.mac {
+                if mac != p.port.master_mac() {
+                    p.port.set_master_mac(mac);
+                    dirty[pi] = true;
+                }
+            }
+        }
+    }
+
+    /// Hands the port's new state to its backend and its guard.
+    fn publish(&mut self, pi: usize) {
+        let p = &mut self.ports[pi];
+        let snap = p.port.snapshot();
+        let slaves = snap
+            .slaves
+            .iter()
+            .filter_map(|s| {
+                p.slaves.get(&s.id).map(|r| PlanSlave {
+                    id: s.id,
+                    sock: r.sock.clone(),
+                    counters: r.counters.clone(),
+                })
+            })
+            .collect();
+        let mut addrs: Vec<IpAddr> = snap.table.iter().map(|(ip, _)| ip).collect();
+        addrs.sort();
+        p.backend.update(Plan { snap, slaves });
+        let script = guard::ruleset(
+            p.master_index,
+            &p.master_name,
+            p.slaves.values().map(|s| s.host_name.as_str()),
+            addrs,
+        );
+        if script != p.guard {
+            if let Some(w) = self.watched.get(&p.ns) {
+                match nft::apply(&w.ns, &script) {
+                    Ok(()) => p.guard = script,
+                    Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
+                }
+            }
+        }
+    }
+}
+
+
+/// A request socket borrowed from a watched namespace or made for one request.
+enum RtnlRef<'a> {
+    Watched(&'a mut Rtnl),
+    Own(Rtnl),
+}
+
+impl RtnlRef<'_> {
+    fn get(&mut self) -> &mut Rtnl {
+        match self {
+            Self::Watched(r) => r,
+            Self::Own(r) => r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local_as_the_kernel_derives_it() {
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        assert_eq!(
+            slave_link_local(mac, 1),
+            "fe80::5254:0:112:3456".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            eui64_link_local(mac),
+            "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn host_end_names_fit() {
+        assert_eq!(host_end_name(2, 1), "ivh2.1");
+        assert!(host_end_name(u32::MAX, 0xfffd).len() <= 15);
+    }
+}

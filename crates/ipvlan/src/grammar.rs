@@ -1,0 +1,314 @@
+//! The iproute2 grammar of `ipvlan link ...` (a public contract: tools call it like `ip`).
+//!
+//! ```text
+//! link add [link MASTER] [name] NAME [mtu N] type ipvlan [mode l2|l3|l3s] [bridge|private|vepa]
+//! link set [dev] NAME type ipvlan [mode MODE] [FLAG]
+//! link del|delete [dev] NAME
+//! link show|list|lst|ls [[dev] NAME]
+//! ```
+//! Keywords match by prefix as in iproute2 (`mo` = `mode`, `p` = `private`); values of
+//! `mode` must be exact. As in iproute2, any ipvlan argument after `type ipvlan` also
+//! sends the flags (bridge unless a flag was given): see spec §8.2.
+
+use ipvlan_core::{Flags, Mode};
+
+pub const USAGE: &str = "\
+Usage: ipvlan [-d] [-j] [-s] link show [ [dev] NAME ]
+       ipvlan link add link MASTER [name] NAME [mtu MTU] type ipvlan [ mode MODE ] [ FLAGS ]
+       ipvlan link set [dev] NAME type ipvlan [ mode MODE ] [ FLAGS ]
+       ipvlan link delete [dev] NAME
+       ipvlan daemon [--socket PATH] [--backend user]
+       ipvlan demo
+
+MODE: l3 | l3s | l2
+FLAGS: bridge | private | vepa
+(first values are the defaults if nothing is specified).";
+
+pub const IPVLAN_USAGE: &str = "\
+Usage: ... ipvlan [ mode MODE ] [ FLAGS ]
+
+MODE: l3 | l3s | l2
+FLAGS: bridge | private | vepa
+(first values are the defaults if nothing is specified).";
+
+/// The ipvlan-specific options: `None` = attribute not sent (spec §1.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpvlanArgs {
+    pub mode: Option<Mode>,
+    pub flags: Option<Flags>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkCmd {
+    Add {
+        master: String,
+        name: String,
+        mtu: Option<u32>,
+        args: IpvlanArgs,
+    },
+    Set {
+        dev: String,
+        args: IpvlanArgs,
+    },
+    Del {
+        dev: String,
+    },
+    Show {
+        dev: Option<String>,
+    },
+}
+
+/// A usage error: the message to print (exit status 1).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// iproute2's `matches()`: `word` is a non-empty prefix of `keyword`.
+fn matches(word: &str, keyword: &str) -> bool {
+    !word.is_empty() && keyword.starts_with(word)
+}
+
+/// iproute2's interface-name check: 1..=15 bytes, no '/', ':' or whitespace, not "." or "..".
+pub fn check_ifname(name: &str) -> Result<(), UsageError> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "Error: argument \"{name}\" is wrong: \"name\" not a valid ifname (1 to 15 bytes, no '/', ':' or spaces)"
+        )))
+    }
+}
+
+fn parse_ipvlan_args(words: &[String]) -> Result<IpvlanArgs, UsageError> {
+    let mut out = IpvlanArgs::default();
+    let mut flag_seen = false;
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        if matches(w, "mode") {
+            let v = it
+                .next()
+                .ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?;
+            out.mode = Some(v.parse().map_err(|_| {
+                usage(format!(
+                    "Error: argument of \"mode\" must be either \"l2\", \"l3\" or \"l3s\", not \"{v}\""
+                ))
+            })?);
+        } else if !flag_seen && matches(w, "private") {
+            out.flags = Some(Flags::Private);
+            flag_seen = true;
+        } else if !flag_seen && matches(w, "vepa") {
+            out.flags = Some(Flags::Vepa);
+            flag_seen = true;
+        } else if !flag_seen && matches(w, "bridge") {
+            out.flags = Some(Flags::Bridge);
+            flag_seen = true;
+        } else if matches(w, "help") {
+            return Err(usage(IPVLAN_USAGE));
+        } else {
+            return Err(usage(format!(
+                "ipvlan: unknown option \"{w}\"?\n{IPVLAN_USAGE}"
+            )));
+        }
+    }
+    if !words.is_empty() && out.flags.is_none() {
+        // iproute2 always sends the flags attribute once any ipvlan argument is given.
+        out.flags = Some(Flags::Bridge);
+    }
+    Ok(out)
+}
+
+/// Splits `... type ipvlan ARGS` off the generic part; requires the kind to be ipvlan.
+fn split_type(words: &[String]) -> Result<(&[String], Option<&[String]>), UsageError> {
+    match words.iter().position(|w| w == "type") {
+        None => Ok((words, None)),
+        Some(i) => {
+            let kind = words
+                .get(i + 1)
+                .ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?;
+            if kind != "ipvlan" {
+                return Err(usage(format!(
+                    "Error: ipvlan-rs only makes links of type \"ipvlan\", not \"{kind}\" (use ip for other kinds)."
+                )));
+            }
+            Ok((&words[..i], Some(&words[i + 2..])))
+        }
+    }
+}
+
+fn parse_mtu(v: Option<&String>) -> Result<u32, UsageError> {
+    let v = v.ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?;
+    v.parse::<u32>()
+        .ok()
+        .filter(|m| (68..=65535).contains(m))
+        .ok_or_else(|| {
+            usage(format!(
+                "Error: argument \"{v}\" is wrong: Invalid \"mtu\" value (68 to 65535)"
+            ))
+        })
+}
+
+/// Parses the words after `link`.
+pub fn parse_link(words: &[String]) -> Result<LinkCmd, UsageError> {
+    let Some((verb, rest)) = words.split_first() else {
+        return Ok(LinkCmd::Show { dev: None });
+    };
+    let verb = verb.as_str();
+    if matches(verb, "add") {
+        let (generic, ipvlan) = split_type(rest)?;
+        let ipvlan = ipvlan.ok_or_else(|| {
+            usage("Not enough information: \"type\" argument is required (type ipvlan)")
+        })?;
+        let (mut master, mut name, mut mtu) = (None, None, None);
+        let mut it = generic.iter();
+        while let Some(w) = it.next() {
+            match w.as_str() {
+                "link" => master = Some(it.next().ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?.clone()),
+                "name" | "dev" => name = Some(it.next().ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?.clone()),
+                "mtu" => mtu = Some(parse_mtu(it.next())?),
+                other if name.is_none() && !other.starts_with('-') => name = Some(other.to_string()),
+                other => {
+                    return Err(usage(format!(
+                        "Error: either \"dev\" is duplicate, or \"{other}\" is a garbage."
+                    )));
+                }
+            }
+        }
+        let name = name.ok_or_else(|| usage("Not enough information: \"name\" argument is required"))?;
+        check_ifname(&name)?;
+        let master = master.ok_or_else(|| {
+            usage("Not enough information: \"link\" argument is required: the master (e.g. link eth0)")
+        })?;
+        Ok(LinkCmd::Add {
+            master,
+            name,
+            mtu,
+            args: parse_ipvlan_args(ipvlan)?,
+        })
+    } else if matches(verb, "set") || matches(verb, "change") {
+        let (generic, ipvlan) = split_type(rest)?;
+        let dev = single_dev(generic)?.ok_or_else(|| usage("Not enough information: \"dev\" argument is required."))?;
+        let args = match ipvlan {
+            Some(a) => parse_ipvlan_args(a)?,
+            None => return Err(usage("ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ]")),
+        };
+        Ok(LinkCmd::Set { dev, args })
+    } else if matches(verb, "delete") || verb == "del" {
+        let (generic, _) = split_type(rest)?;
+        let dev = single_dev(generic)?.ok_or_else(|| usage("Not enough information: \"dev\" argument is required."))?;
+        Ok(LinkCmd::Del { dev })
+    } else if matches(verb, "show") || matches(verb, "list") || verb == "lst" || verb == "ls" {
+        Ok(LinkCmd::Show {
+            dev: single_dev(rest)?,
+        })
+    } else if matches(verb, "help") {
+        Err(usage(USAGE))
+    } else {
+        Err(usage(format!(
+            "Command \"{verb}\" is unknown, try \"ipvlan link help\"."
+        )))
+    }
+}
+
+/// `[dev] NAME`, nothing else.
+fn single_dev(words: &[String]) -> Result<Option<String>, UsageError> {
+    let name = match words {
+        [] => return Ok(None),
+        [d, n] if d == "dev" => n,
+        [n] if n != "dev" => n,
+        _ => {
+            return Err(usage(format!(
+                "Error: either \"dev\" is duplicate, or \"{}\" is a garbage.",
+                words.last().map(String::as_str).unwrap_or("")
+            )));
+        }
+    };
+    check_ifname(name)?;
+    Ok(Some(name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<LinkCmd, UsageError> {
+        let words: Vec<String> = s.split_whitespace().map(String::from).collect();
+        parse_link(&words)
+    }
+
+    fn add(master: &str, name: &str, mode: Option<Mode>, flags: Option<Flags>) -> LinkCmd {
+        LinkCmd::Add {
+            master: master.into(),
+            name: name.into(),
+            mtu: None,
+            args: IpvlanArgs { mode, flags },
+        }
+    }
+
+    #[test]
+    fn howto_forms() {
+        assert_eq!(
+            p("add link eth0 ipvl0 type ipvlan mode l2").unwrap(),
+            add("eth0", "ipvl0", Some(Mode::L2), Some(Flags::Bridge))
+        );
+        assert_eq!(
+            p("add link eth0 name ipvl0 type ipvlan mode l2 bridge").unwrap(),
+            add("eth0", "ipvl0", Some(Mode::L2), Some(Flags::Bridge))
+        );
+        assert_eq!(p("add link eth0 name x type ipvlan").unwrap(), add("eth0", "x", None, None));
+        assert_eq!(
+            p("add link eth0 x type ipvlan p").unwrap(),
+            add("eth0", "x", None, Some(Flags::Private))
+        );
+        assert_eq!(
+            p("add name x link eth0 mtu 1300 type ipvlan mo l3s vepa").unwrap(),
+            LinkCmd::Add {
+                master: "eth0".into(),
+                name: "x".into(),
+                mtu: Some(1300),
+                args: IpvlanArgs { mode: Some(Mode::L3s), flags: Some(Flags::Vepa) }
+            }
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(p("add link eth0 x type ipvlan private vepa").unwrap_err().0.contains("unknown option \"vepa\""));
+        assert!(p("add link eth0 x type ipvlan mode l4").unwrap_err().0.contains("\"l4\""));
+        assert!(p("add link eth0 x type ipvlan foo").unwrap_err().0.contains("\"foo\""));
+        assert!(p("add link eth0 abcdefghijklmnop type ipvlan").unwrap_err().0.contains("abcdefghijklmnop"));
+        assert!(p("add link eth0 x type macvlan").unwrap_err().0.contains("macvlan"));
+        assert!(p("add x type ipvlan").unwrap_err().0.contains("link"));
+        assert!(p("add link eth0 x").unwrap_err().0.contains("type"));
+        assert!(p("add link eth0 x type ipvlan mode").is_err());
+        assert!(p("frob").is_err());
+    }
+
+    #[test]
+    fn set_del_show() {
+        assert_eq!(
+            p("set dev x type ipvlan mode l3").unwrap(),
+            LinkCmd::Set { dev: "x".into(), args: IpvlanArgs { mode: Some(Mode::L3), flags: Some(Flags::Bridge) } }
+        );
+        assert_eq!(
+            p("set x type ipvlan private").unwrap(),
+            LinkCmd::Set { dev: "x".into(), args: IpvlanArgs { mode: None, flags: Some(Flags::Private) } }
+        );
+        assert_eq!(p("del dev x").unwrap(), LinkCmd::Del { dev: "x".into() });
+        assert_eq!(p("delete x").unwrap(), LinkCmd::Del { dev: "x".into() });
+        assert_eq!(p("show").unwrap(), LinkCmd::Show { dev: None });
+        assert_eq!(p("").unwrap(), LinkCmd::Show { dev: None });
+        assert_eq!(p("sh dev x").unwrap(), LinkCmd::Show { dev: Some("x".into()) });
+        assert!(p("show a b").is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! `ipvlan`: the IPvlan device in userspace — CLI, daemon and demo in one binary.
+
+mod client;
+mod daemon;
+mod demo;
+mod grammar;
+mod output;
+mod proto;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ipvlan",
+    version,
+    about = "IPvlan devices without the kernel module: slaves share the master's MAC and are demultiplexed by IP.",
+    after_help = "Examples (the kernel's ipvlan HOWTO):\n  ipvlan link add link eth0 ipvl0 type ipvlan mode l2\n  ip link set dev ipvl0 netns ns0\n  ip netns exec ns0 ip addr add 10.0.0.2/24 dev ipvl0\n  ipvlan -d link show\n  ipvlan link set dev ipvl0 type ipvlan mode l2 private\n  ipvlan link del dev ipvl0"
+)]
+struct Cli {
+    /// Print details (mode and flags), as `ip -d`.
+    #[arg(short = 'd', long = "details", global = true)]
+    details: bool,
+    /// Print JSON, as `ip -j`.
+    #[arg(short = 'j', long = "json", global = true)]
+    json: bool,
+    /// Print counters, as `ip -s`.
+    #[arg(short = 's', long = "stats", global = true)]
+    stats: bool,
+    /// Pretty-print JSON, as `ip -p`.
+    #[arg(short = 'p', long = "pretty", global = true)]
+    pretty: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Add, change, delete and show ipvlan links (the iproute2 grammar).
+    #[command(
+        disable_help_flag = true,
+        after_help = grammar::USAGE
+    )]
+    Link {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the daemon in the foreground (for service managers).
+    Daemon {
+        /// Control socket path [default: $IPVLAN_SOCKET or /run/ipvlan-rs/ipvlan.sock].
+        #[arg(long)]
+        socket: Option<String>,
+        /// The datapath backend.
+        #[arg(long, default_value = "user", value_parser = ["user"])]
+        backend: String,
+    },
+    /// Build the kernel HOWTO's topology in scratch namespaces, test it, tear it down.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Link { args } => client::link(
+            &args,
+            output::Style {
+                details: cli.details,
+                stats: cli.stats,
+            },
+            cli.json,
+            cli.pretty,
+        ),
+        Cmd::Daemon { socket, backend: _ } => {
+            let socket = socket.unwrap_or_else(proto::socket_path);
+            match run_daemon(&socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ipvlan daemon: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Demo => match demo::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipvlan demo: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run_daemon(socket: &str) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use nix::sys::signal::{SigSet, Signal};
+
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IPVLAN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    // Block the stop signals in every thread; one thread waits for them.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGHUP);
+    stop_signals.thread_block()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if let Ok(sig) = stop_signals.wait() {
+                tracing::info!("{sig:?}: stopping; slaves and their addresses stay in place");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let path = std::path::Path::new(socket);
+    let mut d = daemon::Daemon::new(path)?;
+    tracing::info!("listening on {socket}");
+    let r = d.run(&stop);
+    let _ = std::fs::remove_file(path);
+    r
+}

@@ -1,0 +1,126 @@
+//! How `link show` prints: text like `ip [-d] [-s] link show`, or JSON in the shape of
+//! `ip -j -d link show`.
+
+use ipvlan_sys::rtnl::{IFF_ALLMULTI, IFF_LOWER_UP, IFF_NOARP, IFF_PROMISC, IFF_UP};
+use serde_json::{Value, json};
+
+use crate::proto::SlaveView;
+
+/// Interface flags as `ip link` names them, in its order.
+pub fn flag_names(flags: u32) -> Vec<String> {
+    let mut v = vec!["BROADCAST".to_string(), "MULTICAST".to_string()];
+    for (bit, name) in [
+        (IFF_NOARP, "NOARP"),
+        (IFF_PROMISC, "PROMISC"),
+        (IFF_ALLMULTI, "ALLMULTI"),
+        (IFF_UP, "UP"),
+        (IFF_LOWER_UP, "LOWER_UP"),
+    ] {
+        if flags & bit != 0 {
+            v.push(name.to_string());
+        }
+    }
+    v
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Style {
+    pub details: bool,
+    pub stats: bool,
+}
+
+pub fn text(links: &[SlaveView], style: Style) -> String {
+    let mut s = String::new();
+    for l in links {
+        let netns = match (&l.netns, &l.netns_id) {
+            (Some(n), _) => format!(" netns {n}"),
+            (None, Some(id)) if l.netns != l.master_netns => format!(" netns {id}"),
+            _ => String::new(),
+        };
+        s += &format!(
+            "{}: {}@{}: <{}> mtu {} state {}{}\n    link/ether {} brd ff:ff:ff:ff:ff:ff\n",
+            l.ifindex,
+            l.ifname,
+            l.master,
+            l.flags.join(","),
+            l.mtu,
+            l.operstate,
+            netns,
+            l.address
+        );
+        if style.details {
+            s += &format!(
+                "    ipvlan  mode {} {} dev_id {:#x} host-end {}\n",
+                l.mode.as_str(),
+                l.port_flags.as_str(),
+                l.dev_id,
+                l.host_end
+            );
+            for a in &l.addrs {
+                s += &format!("    addr {a}\n");
+            }
+        }
+        if style.stats {
+            let c = &l.counters;
+            s += &format!(
+                "    RX:  bytes packets dropped\n    {:>10} {:>7} {:>7}\n    TX:  bytes packets dropped\n    {:>10} {:>7} {:>7}\n",
+                c.rx_bytes, c.rx_packets, c.rx_dropped, c.tx_bytes, c.tx_packets, c.tx_dropped
+            );
+            for (why, n) in &c.drops {
+                s += &format!("    dropped {}: {n}\n", serde_json::to_value(why).unwrap_or(Value::Null).as_str().unwrap_or("?"));
+            }
+        }
+    }
+    s
+}
+
+pub fn json(links: &[SlaveView], style: Style) -> Value {
+    Value::Array(
+        links
+            .iter()
+            .map(|l| {
+                let mut o = json!({
+                    "ifindex": l.ifindex,
+                    "ifname": l.ifname,
+                    "link": l.master,
+                    "flags": l.flags,
+                    "mtu": l.mtu,
+                    "operstate": l.operstate,
+                    "link_type": "ether",
+                    "address": l.address,
+                    "broadcast": "ff:ff:ff:ff:ff:ff",
+                    "netns": l.netns,
+                    "netns_id": l.netns_id,
+                    "link_netns": l.master_netns,
+                });
+                if style.details {
+                    let mut data = json!({ "mode": l.mode.as_str() });
+                    data[l.port_flags.as_str()] = json!(true);
+                    o["linkinfo"] = json!({ "info_kind": "ipvlan", "info_data": data });
+                    o["dev_id"] = json!(format!("{:#x}", l.dev_id));
+                    o["host_end"] = json!(l.host_end);
+                    o["addrs"] = json!(l.addrs);
+                }
+                if style.stats {
+                    let c = &l.counters;
+                    let drops: serde_json::Map<String, Value> = c
+                        .drops
+                        .iter()
+                        .map(|(w, n)| {
+                            (
+                                serde_json::to_value(w).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                                json!(n),
+                            )
+                        })
+                        .collect();
+                    o["stats64"] = json!({
+                        "rx": { "bytes": c.rx_bytes, "packets": c.rx_packets, "dropped": c.rx_dropped },
+                        "tx": { "bytes": c.tx_bytes, "packets": c.tx_packets, "dropped": c.tx_dropped },
+                        "drops": drops,
+                    });
+                }
+                o
+            })
+            .collect(),
+    )
+}

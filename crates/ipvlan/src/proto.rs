@@ -1,0 +1,115 @@
+//! The control protocol between the CLI and the daemon.
+//!
+//! One request per connection on a Unix stream socket: the client sends one JSON line
+//! together with a descriptor of its network namespace (SCM_RIGHTS) — masters and
+//! device names are resolved in the caller's namespace, as `ip` does — and the daemon
+//! answers with one JSON line.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use ipvlan_core::{Flags, Mode};
+use ipvlan_datapath::Counters;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/ipvlan-rs/ipvlan.sock";
+
+/// The socket path: `IPVLAN_SOCKET` if set, else the default.
+pub fn socket_path() -> String {
+    std::env::var("IPVLAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.to_string())
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    Add {
+        master: String,
+        name: String,
+        mtu: Option<u32>,
+        mode: Option<Mode>,
+        flags: Option<Flags>,
+    },
+    Set {
+        dev: String,
+        mode: Option<Mode>,
+        flags: Option<Flags>,
+    },
+    Del {
+        dev: String,
+    },
+    Show {
+        dev: Option<String>,
+    },
+}
+
+/// How a request ended, with iproute2's exit statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Ok = 0,
+    Usage = 1,
+    Refused = 2,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub status: Status,
+    pub error: Option<String>,
+    pub links: Vec<SlaveView>,
+}
+
+/// One slave as `link show` reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SlaveView {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub flags: Vec<String>,
+    pub mtu: u32,
+    pub operstate: String,
+    pub address: String,
+    /// Name of the namespace the slave is in (`ip netns` name), if it has one.
+    pub netns: Option<String>,
+    /// The namespace's identity (`net:[inode]`), always known when the slave is found.
+    pub netns_id: Option<String>,
+    pub master: String,
+    pub master_netns: Option<String>,
+    pub mode: Mode,
+    pub port_flags: Flags,
+    pub dev_id: u16,
+    pub host_end: String,
+    pub addrs: Vec<String>,
+    pub counters: Counters,
+}
+
+/// Sends `req` with the caller's namespace and waits for the reply.
+pub fn call(stream: &UnixStream, netns: &OwnedFd, req: &Request) -> io::Result<Reply> {
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    let sent = ipvlan_sys::unix::send_with_fd(stream, &line, netns.as_fd())?;
+    (&*stream).write_all(&line[sent..])?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Reads one request and the namespace descriptor that came with it.
+pub fn receive(stream: &UnixStream) -> io::Result<(Request, OwnedFd)> {
+    let mut first = vec![0u8; 64 * 1024];
+    let (n, fd) = ipvlan_sys::unix::recv_with_fd(stream, &mut first)?;
+    first.truncate(n);
+    if !first.ends_with(b"\n") {
+        let mut rest = Vec::new();
+        BufReader::new(stream).read_until(b'\n', &mut rest)?;
+        first.extend_from_slice(&rest);
+    }
+    let fd = fd.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "no namespace descriptor came with the request")
+    })?;
+    let req = serde_json::from_slice(&first).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((req, fd))
+}
+
+pub fn send_reply(stream: &UnixStream, reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply)?;
+    line.push(b'\n');
+    (&*stream).write_all(&line)
+}

@@ -1,0 +1,746 @@
+//! Shared harness for the root integration tests.
+//!
+//! Every test builds its own [`Topo`]: fresh network namespaces with unique names (HOST,
+//! ROUTER and any number of slave namespaces), a veth pair `eth0` (HOST) <-> `eth0`
+//! (ROUTER) standing in for the master and the "external" host, and its own `ipvlan
+//! daemon` on a private control socket. Dropping the `Topo` (also while unwinding from a
+//! failed assertion) stops the daemon and deletes every namespace it made.
+//!
+//! Nothing here touches the machine's real interfaces: every `ip` command runs with
+//! `-n NS` or under `ip netns exec NS`, and traffic only flows between the test's own
+//! namespaces.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ipvlan");
+
+/// How long any single external command may take before the harness kills it (so a hung
+/// daemon fails the test instead of hanging CI).
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Panics unless running as root. Root-only tests must never pass silently.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("root integration test: run as root (CI does); e.g. `sudo ./x test`");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running commands
+// ---------------------------------------------------------------------------------------
+
+/// Runs `cmd` to completion (killing it after [`CMD_TIMEOUT`]), capturing its output.
+/// The command line and its result are logged to stderr (shown for failing tests).
+pub fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let mut out_pipe = child.stdout.take().expect("stdout piped");
+    let mut err_pipe = child.stderr.take().expect("stderr piped");
+    let out_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + CMD_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let st = child.wait().expect("wait after kill");
+                eprintln!("!! timed out after {CMD_TIMEOUT:?}: {shown}");
+                break st;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("waiting for {shown}: {e}"),
+        }
+    };
+    let out = Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    };
+    eprintln!(
+        "$ {shown}\n  -> {:?}{}{}",
+        out.status.code(),
+        indent("out", &out.stdout),
+        indent("err", &out.stderr)
+    );
+    out
+}
+
+fn indent(tag: &str, bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim_end();
+    if s.is_empty() {
+        return String::new();
+    }
+    let mut r = String::new();
+    for line in s.lines().take(40) {
+        r.push_str(&format!("\n  {tag}| {line}"));
+    }
+    r
+}
+
+/// Runs a shell command line (`sh -c`).
+pub fn sh(cmd: &str) -> Output {
+    run(Command::new("sh").arg("-c").arg(cmd))
+}
+
+/// Runs a shell command line and panics (with its stderr) unless it succeeds; returns
+/// its stdout.
+pub fn ok(cmd: &str) -> String {
+    let out = sh(cmd);
+    if !out.status.success() {
+        panic!(
+            "command failed ({:?}): {cmd}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command line and parses its stdout as JSON (for `ip -j ...`).
+pub fn json(cmd: &str) -> Value {
+    let s = ok(cmd);
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("`{cmd}` printed no JSON ({e}): {s}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One `ping` run from namespace `ns`: `ping -c 2 -W 2 -i 0.2` (`-6` for IPv6 targets,
+/// including `fe80::...%dev`). True if it got replies.
+pub fn ping(ns: &str, addr: &str) -> bool {
+    let v6 = if addr.contains(':') { "-6 " } else { "" };
+    sh(&format!("ip netns exec {ns} ping {v6}-c 2 -W 2 -i 0.2 {addr}"))
+        .status
+        .success()
+}
+
+/// `ping`, retried a few times: the daemon learns addresses from rtnetlink events, a
+/// moment after `ip addr add` returns.
+pub fn ping_retry(ns: &str, addr: &str) -> bool {
+    (0..3).any(|_| ping(ns, addr))
+}
+
+/// The names of the links in namespace `ns` (from `ip -n NS -o link`).
+pub fn link_names(ns: &str) -> BTreeSet<String> {
+    ok(&format!("ip -n {ns} -o link"))
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The `ip -d -j link show dev DEV` object of a link.
+pub fn link_json(ns: &str, dev: &str) -> Value {
+    let v = json(&format!("ip -d -j -n {ns} link show dev {dev}"));
+    v.get(0)
+        .cloned()
+        .unwrap_or_else(|| panic!("no link {dev} in {ns}: {v}"))
+}
+
+/// A link's MAC address (lower case).
+pub fn mac(ns: &str, dev: &str) -> String {
+    link_json(ns, dev)["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{dev} in {ns} has no address"))
+        .to_ascii_lowercase()
+}
+
+/// Whether a link of that name exists in `ns`.
+pub fn link_exists(ns: &str, dev: &str) -> bool {
+    sh(&format!("ip -n {ns} link show dev {dev}")).status.success()
+}
+
+/// The addresses of `dev` in `ns` of one family (`-4`/`-6`) and scope (`global`/`link`).
+pub fn addrs(ns: &str, dev: &str, family: &str, scope: &str) -> Vec<String> {
+    let v = json(&format!(
+        "ip -j -n {ns} {family} addr show dev {dev} scope {scope}"
+    ));
+    let mut r = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if let Some(l) = a["local"].as_str() {
+                r.push(l.to_string());
+            }
+        }
+    }
+    r
+}
+
+/// The IPv6 link-local address of `dev` in `ns` (waits up to 5 s for it to appear).
+pub fn link_local(ns: &str, dev: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(a) = addrs(ns, dev, "-6", "link").into_iter().next() {
+            return a;
+        }
+        if Instant::now() >= deadline {
+            panic!("{dev} in {ns} has no IPv6 link-local address");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Namespaces from Rust threads
+// ---------------------------------------------------------------------------------------
+
+/// Runs `f` on a new thread that has entered network namespace `ns` (via
+/// `/run/netns/NS`), and returns its result. Only that thread changes namespace.
+pub fn in_netns<T, F>(ns: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    spawn_in_netns(ns, f)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Like [`in_netns`] but returns the join handle.
+pub fn spawn_in_netns<T, F>(ns: &str, f: F) -> thread::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// Writes a sysctl value inside namespace `ns` (through /proc/sys of that thread's
+/// namespace; no `sysctl` binary needed). `key` uses dots: `net.ipv6.conf.all.accept_dad`.
+pub fn sysctl(ns: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let value = value.to_string();
+    in_netns(ns, move || {
+        std::fs::write(&path, value.as_bytes()).unwrap_or_else(|e| panic!("write {path}: {e}"))
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// TCP transfer
+// ---------------------------------------------------------------------------------------
+
+/// The deterministic pseudo-random byte stream a transfer sends (xorshift64*).
+struct Pattern(u64);
+
+impl Pattern {
+    fn new(seed: u64) -> Self {
+        Pattern(seed | 1)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// FNV-1a 64, fed incrementally.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Moves `mib` MiB over TCP from namespace `from_ns` to a listener on `to_addr` in
+/// namespace `to_ns`, and checks that every byte arrived intact and in order (byte count,
+/// byte-by-byte comparison with the expected pattern and an FNV-1a hash of each side).
+/// Returns `Err(description)` on any failure (connect refused, timeout, corruption).
+pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: IpAddr, mib: usize) -> Result<(), String> {
+    const CHUNK: usize = 64 * 1024;
+    let total = mib * 1024 * 1024;
+    let seed = 0x1234_5678_9abc_def0 ^ (total as u64);
+    let io_timeout = Duration::from_secs(30);
+
+    let (port_tx, port_rx) = mpsc::channel::<Result<u16, String>>();
+    let receiver = spawn_in_netns(to_ns, move || -> Result<(u64, usize), String> {
+        let listener = match TcpListener::bind(SocketAddr::new(to_addr, 0)) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("bind {to_addr}: {e}");
+                let _ = port_tx.send(Err(msg.clone()));
+                return Err(msg);
+            }
+        };
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let _ = port_tx.send(Ok(port));
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + io_timeout;
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err("receiver: no connection within 30 s".into());
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        let mut expect = Pattern::new(seed);
+        let mut want = vec![0u8; CHUNK];
+        let mut want_len = 0usize; // valid bytes in `want` not yet compared
+        let mut want_off = 0usize;
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0usize;
+        let mut hash = Fnv::new();
+        loop {
+            let n = match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("receiver: read after {got} bytes: {e}")),
+            };
+            hash.update(&buf[..n]);
+            let mut i = 0;
+            while i < n {
+                if want_off == want_len {
+                    expect.fill(&mut want);
+                    want_len = CHUNK;
+                    want_off = 0;
+                }
+                let k = (n - i).min(want_len - want_off);
+                if buf[i..i + k] != want[want_off..want_off + k] {
+                    let pos = (0..k)
+                        .find(|&j| buf[i + j] != want[want_off + j])
+                        .unwrap_or(0);
+                    return Err(format!(
+                        "receiver: corrupted stream at byte {}",
+                        got + i + pos
+                    ));
+                }
+                i += k;
+                want_off += k;
+            }
+            got += n;
+            if got > total {
+                return Err(format!("receiver: more than {total} bytes"));
+            }
+        }
+        Ok((hash.0, got))
+    });
+
+    let port = match port_rx.recv_timeout(io_timeout) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            let _ = receiver.join();
+            return Err(e);
+        }
+        Err(_) => return Err("receiver thread did not start".into()),
+    };
+    let dest = SocketAddr::new(to_addr, port);
+    let sender = spawn_in_netns(from_ns, move || -> Result<u64, String> {
+        let mut conn = None;
+        let mut last = String::new();
+        for _ in 0..10 {
+            match TcpStream::connect_timeout(&dest, Duration::from_secs(5)) {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        let mut conn = conn.ok_or_else(|| format!("sender: connect {dest}: {last}"))?;
+        conn.set_write_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        let mut pat = Pattern::new(seed);
+        let mut buf = vec![0u8; CHUNK];
+        let mut hash = Fnv::new();
+        let mut sent = 0usize;
+        while sent < total {
+            pat.fill(&mut buf);
+            let k = (total - sent).min(CHUNK);
+            hash.update(&buf[..k]);
+            conn.write_all(&buf[..k])
+                .map_err(|e| format!("sender: write after {sent} bytes: {e}"))?;
+            sent += k;
+        }
+        conn.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("sender: shutdown: {e}"))?;
+        // Wait for the receiver's close so the data is known to have left.
+        conn.set_read_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        let _ = conn.read(&mut [0u8; 1]);
+        Ok(hash.0)
+    });
+
+    let sent = sender
+        .join()
+        .map_err(|_| "sender thread panicked".to_string())?;
+    let received = receiver
+        .join()
+        .map_err(|_| "receiver thread panicked".to_string())?;
+    let sent_hash = sent?;
+    let (recv_hash, got) = received?;
+    if got != total {
+        return Err(format!("received {got} bytes of {total}"));
+    }
+    if recv_hash != sent_hash {
+        return Err(format!("hash mismatch: sent {sent_hash:016x}, got {recv_hash:016x}"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------
+
+/// This test's own `ipvlan daemon` on a private socket. Killed (and reaped) on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    /// The control socket; every CLI call gets it as `IPVLAN_SOCKET`.
+    pub socket: PathBuf,
+    /// The daemon's stderr.
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `ipvlan daemon --socket /tmp/ipvlan-rs-test-TAG/ipvlan.sock` and waits (at
+    /// most 5 s) for the socket to appear. Its stderr goes to
+    /// `CARGO_TARGET_TMPDIR/TAG-daemon.log`.
+    pub fn start(tag: &str) -> Daemon {
+        let dir = PathBuf::from(format!("/tmp/ipvlan-rs-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create socket dir");
+        let socket = dir.join("ipvlan.sock");
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-daemon.log"));
+        let log_file = File::create(&log).expect("create daemon log");
+        let child = Command::new(BIN)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .env("IPVLAN_SOCKET", &socket)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} daemon: {e}"));
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.socket.exists() {
+            if let Some(c) = d.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!(
+                    "ipvlan daemon exited early ({st}); its log:\n{}",
+                    d.log_text()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "ipvlan daemon: no socket at {} after 5 s; its log:\n{}",
+                    d.socket.display(),
+                    d.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `ip netns exec NS ipvlan ARGS...` with this daemon's socket.
+    pub fn ipvlan(&self, ns: &str, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .env("IPVLAN_SOCKET", &self.socket))
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SIGTERM first so the daemon can clean up after itself; SIGKILL after 5 s.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    eprintln!("!! daemon ignored SIGTERM for 5 s; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(200).collect();
+            eprintln!(
+                "---- daemon log ({}), last {} lines ----",
+                self.log.display(),
+                tail.len()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            eprintln!("---- end of daemon log ----");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The topology
+// ---------------------------------------------------------------------------------------
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A test's scratch world:
+///
+/// ```text
+///   ns0 .. nsN-1 (empty; slaves are moved here)
+///   HOST:   eth0 (up, no address)  <-- veth -->  ROUTER: eth0 10.X.0.1/24, fd00:X::1/64
+/// ```
+///
+/// plus the test's own daemon. All namespaces are deleted on drop.
+pub struct Topo {
+    /// Unique short prefix of this test's names, e.g. `ivt12341`.
+    pub prefix: String,
+    /// The per-test number X used in 10.X.0.0/24 and fd00:X::/64 (1..=250).
+    pub x: u32,
+    /// The namespace holding the master `eth0`.
+    pub host: String,
+    /// The namespace holding the master's peer `eth0` (the "external" host / router).
+    pub router: String,
+    /// The slave namespaces (initially empty but for `lo`).
+    pub slaves: Vec<String>,
+    daemon: Option<Daemon>,
+    made: Vec<String>,
+}
+
+impl Topo {
+    /// Builds HOST, ROUTER and `n_slave_ns` slave namespaces, the veth master, and starts
+    /// this test's daemon. Panics (after cleaning up what it made) on any failure.
+    pub fn new(n_slave_ns: usize) -> Topo {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let prefix = format!("ivt{}{}", pid % 10000, n);
+        assert!(prefix.len() <= 10, "prefix too long: {prefix}");
+        let x = (pid.wrapping_mul(7).wrapping_add(n)) % 250 + 1;
+        let mut t = Topo {
+            host: format!("{prefix}-host"),
+            router: format!("{prefix}-router"),
+            slaves: (0..n_slave_ns).map(|i| format!("{prefix}-ns{i}")).collect(),
+            prefix: prefix.clone(),
+            x,
+            daemon: None,
+            made: Vec::new(),
+        };
+        let all: Vec<String> = [t.host.clone(), t.router.clone()]
+            .into_iter()
+            .chain(t.slaves.iter().cloned())
+            .collect();
+        for ns in &all {
+            t.add_netns(ns);
+        }
+        let (h, r) = (t.host.clone(), t.router.clone());
+        // The veth is created directly inside HOST with its peer inside ROUTER, so it
+        // never appears in the namespace the tests run in.
+        ok(&format!(
+            "ip -n {h} link add eth0 type veth peer name eth0 netns {r}"
+        ));
+        ok(&format!("ip -n {h} link set dev eth0 up"));
+        ok(&format!("ip -n {r} addr add 10.{x}.0.1/24 dev eth0"));
+        ok(&format!("ip -n {r} addr add fd00:{x}::1/64 dev eth0"));
+        ok(&format!("ip -n {r} link set dev eth0 up"));
+        t.daemon = Some(Daemon::start(&prefix));
+        t
+    }
+
+    fn add_netns(&mut self, ns: &str) {
+        let out = sh(&format!("ip netns add {ns}"));
+        if !out.status.success() {
+            // A leftover of an earlier, killed run with the same pid: replace it.
+            let _ = sh(&format!("ip netns del {ns}"));
+            ok(&format!("ip netns add {ns}"));
+        }
+        self.made.push(ns.to_string());
+        ok(&format!("ip -n {ns} link set dev lo up"));
+        // No DAD: IPv6 addresses are usable at once. `all` is OR-ed with the per-device
+        // value; `default` is what devices created or moved here later start with.
+        sysctl(ns, "net.ipv6.conf.all.accept_dad", "0");
+        sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
+    }
+
+    /// Slave namespace `i`.
+    pub fn ns(&self, i: usize) -> &str {
+        &self.slaves[i]
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    /// Runs `ip netns exec NS ipvlan ARGS...` against this test's daemon.
+    pub fn ipvlan(&self, ns: &str, args: &[&str]) -> Output {
+        self.daemon().ipvlan(ns, args)
+    }
+
+    /// Like [`Topo::ipvlan`] but panics unless it exits 0; returns stdout.
+    pub fn ipvlan_ok(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ipvlan(ns, args);
+        if !out.status.success() {
+            panic!(
+                "ipvlan {args:?} in {ns} failed ({:?}):\n{}{}",
+                out.status.code(),
+                stderr(&out),
+                stdout(&out)
+            );
+        }
+        stdout(&out)
+    }
+
+    /// The router's IPv4 address, 10.X.0.1.
+    pub fn router_v4(&self) -> String {
+        format!("10.{}.0.1", self.x)
+    }
+
+    /// The router's IPv6 address, fd00:X::1.
+    pub fn router_v6(&self) -> String {
+        format!("fd00:{}::1", self.x)
+    }
+
+    /// 10.X.0.HOST
+    pub fn v4(&self, host: u32) -> String {
+        format!("10.{}.0.{host}", self.x)
+    }
+
+    /// fd00:X::HOST (HOST written in hex as-is, e.g. 10 -> `fd00:X::10`)
+    pub fn v6(&self, host: u32) -> String {
+        format!("fd00:{}::{host}", self.x)
+    }
+
+    /// Everything worth seeing when a check fails: links, addresses, routes, neighbours
+    /// of every namespace, and `ipvlan -d link show`.
+    pub fn diag(&self) -> String {
+        let mut s = String::new();
+        for ns in &self.made {
+            for c in ["-d link", "addr", "route", "-6 route", "neigh"] {
+                let o = sh(&format!("ip -n {ns} {c}"));
+                s.push_str(&format!("== {ns}: ip {c}\n{}{}", stdout(&o), stderr(&o)));
+            }
+        }
+        if let Some(d) = &self.daemon {
+            let o = d.ipvlan(&self.host, &["-d", "-s", "link", "show"]);
+            s.push_str(&format!("== ipvlan -d -s link show\n{}{}", stdout(&o), stderr(&o)));
+        }
+        s
+    }
+
+    /// Asserts that `ns` reaches `addr` by ping (retried a little), with diagnostics on
+    /// failure.
+    pub fn assert_ping(&self, ns: &str, addr: &str) {
+        if !ping_retry(ns, addr) {
+            panic!("no ping reply: {ns} -> {addr}\n{}", self.diag());
+        }
+    }
+
+    /// Asserts an intact TCP transfer of `mib` MiB, with diagnostics on failure.
+    pub fn assert_tcp(&self, from_ns: &str, to_ns: &str, to_addr: &str, mib: usize) {
+        let ip: IpAddr = to_addr.parse().expect("an IP address");
+        if let Err(e) = tcp_transfer(from_ns, to_ns, ip, mib) {
+            panic!(
+                "TCP transfer of {mib} MiB {from_ns} -> {to_ns} ({to_addr}) failed: {e}\n{}",
+                self.diag()
+            );
+        }
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            // Printed before the teardown, while there is still something to see.
+            eprintln!("{}", self.diag());
+        }
+        // Stop the daemon first so it can clean up what it made; then the namespaces
+        // (deleting them removes every veth inside).
+        self.daemon.take();
+        for ns in self.made.iter().rev() {
+            let out = sh(&format!("ip netns del {ns}"));
+            if !out.status.success() {
+                eprintln!("warning: could not delete netns {ns}: {}", stderr(&out));
+            }
+        }
+    }
+}
