@@ -131,7 +131,11 @@ impl Switch {
             keep
         });
         for s in &plan.slaves {
-            if !self.registered.iter().any(|r| Arc::ptr_eq(&r.sock, &s.sock)) {
+            if !self
+                .registered
+                .iter()
+                .any(|r| Arc::ptr_eq(&r.sock, &s.sock))
+            {
                 self.poll.registry().register(
                     &mut SourceFd(&s.sock.as_raw_fd()),
                     slave_token(s.id),

@@ -125,14 +125,20 @@ pub fn all_namespaces() -> Vec<(std::path::PathBuf, NetNs)> {
     }
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            if e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            if e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
                 paths.push(e.path().join("ns/net"));
             }
         }
     }
     for p in paths {
         // stat first: cheap, and avoids opening the same namespace many times.
-        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
         let key = NsKey {
             dev: meta.dev(),
             ino: meta.ino(),

@@ -30,7 +30,12 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `fd` is an open socket, the option value points at a live c_int and the
     // length passed is its size.
     cvt(unsafe {
@@ -102,7 +107,10 @@ impl PacketSocket {
         }
         let n = n as usize;
         if n > buf.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "frame larger than the buffer",
+            ));
         }
         Ok(n)
     }

@@ -275,9 +275,7 @@ fn parse_mcast(msg: &[u8]) -> Option<Mcast> {
         if ty == IFA_MULTICAST {
             let group = match (family as i32, val.len()) {
                 (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(val).ok()?)),
-                (libc::AF_INET6, 16) => {
-                    IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(val).ok()?))
-                }
+                (libc::AF_INET6, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(val).ok()?)),
                 _ => return None,
             };
             return Some(Mcast { index, group });
@@ -364,8 +362,14 @@ impl Rtnl {
         Ok(self.seq)
     }
 
-    /// Sends a request and collects (type, message) answers until ACK or DONE.
+    /// Sends a request and collects (type, message) answers until ACK or DONE. A
+    /// request that is not a dump asks for an ACK, so its end is always marked.
     fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<(u16, Vec<u8>)>> {
+        let flags = if flags & NLM_F_DUMP == NLM_F_DUMP {
+            flags
+        } else {
+            flags | NLM_F_ACK
+        };
         let seq = self.send(msg, flags)?;
         self.collect(seq)
     }
@@ -399,7 +403,7 @@ impl Rtnl {
     }
 
     fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-        self.exchange(msg, flags | NLM_F_ACK).map(drop)
+        self.exchange(msg, flags).map(drop)
     }
 
     fn links_matching(&mut self, msg: LinkMessage, flags: u16) -> Result<Vec<Link>> {
@@ -478,9 +482,10 @@ impl Rtnl {
             } else {
                 In6AddrGenMode::None
             };
-            m.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
-                AfSpecInet6::AddrGenMode(mode),
-            ])]));
+            m.attributes
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                    vec![AfSpecInet6::AddrGenMode(mode)],
+                )]));
         }
         self.ack(RouteNetlinkMessage::SetLink(m), 0)
     }
@@ -491,8 +496,10 @@ impl Rtnl {
 
     /// Every address of this namespace (IPv4 and IPv6).
     pub fn addrs(&mut self) -> Result<Vec<Addr>> {
-        let answers =
-            self.exchange(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let answers = self.exchange(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for (_, m) in answers {
             if let RouteNetlinkMessage::NewAddress(a) = decode(&m)? {
@@ -516,7 +523,10 @@ impl Rtnl {
     }
 
     pub fn add_addr(&mut self, a: &Addr) -> Result<()> {
-        self.ack(RouteNetlinkMessage::NewAddress(Self::addr_msg(a)), NLM_F_CREATE | NLM_F_EXCL)
+        self.ack(
+            RouteNetlinkMessage::NewAddress(Self::addr_msg(a)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     pub fn del_addr(&mut self, a: &Addr) -> Result<()> {
@@ -644,7 +654,6 @@ impl AsRawFd for Monitor {
 
 /// The ARPHRD value of Ethernet devices, for callers that compare link types.
 pub const ARPHRD_ETHER: u16 = libc::ARPHRD_ETHER;
-
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,12 @@ pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode
         }
     };
     let req = match cmd {
-        LinkCmd::Add { master, name, mtu, args } => Request::Add {
+        LinkCmd::Add {
+            master,
+            name,
+            mtu,
+            args,
+        } => Request::Add {
             master,
             name,
             mtu,
@@ -38,7 +43,10 @@ pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode
     let reply = match call(&req) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ipvlan: cannot reach the daemon on {}: {e}", proto::socket_path());
+            eprintln!(
+                "ipvlan: cannot reach the daemon on {}: {e}",
+                proto::socket_path()
+            );
             return ExitCode::from(2);
         }
     };
@@ -65,6 +73,7 @@ fn call(req: &Request) -> std::io::Result<proto::Reply> {
     let path = proto::socket_path();
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
+        Err(e) if std::env::var_os("IPVLAN_NO_AUTOSTART").is_some() => return Err(e),
         Err(_) => start_daemon(&path)?,
     };
     let netns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();

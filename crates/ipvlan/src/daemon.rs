@@ -128,16 +128,29 @@ pub struct Daemon {
 pub fn slave_link_local(mac: MacAddr, dev_id: u16) -> Ipv6Addr {
     let [a, b, c, d, e, f] = mac;
     let [h, l] = dev_id.to_be_bytes();
-    Ipv6Addr::from([
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0, a, b, c, h, l, d, e, f,
-    ])
+    Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, a, b, c, h, l, d, e, f])
 }
 
 /// The classic EUI-64 link-local a veth with this MAC generates by itself.
 fn eui64_link_local(mac: MacAddr) -> Ipv6Addr {
     let [a, b, c, d, e, f] = mac;
     Ipv6Addr::from([
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0, a ^ 2, b, c, 0xff, 0xfe, d, e, f,
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 2,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
     ])
 }
 
@@ -191,7 +204,10 @@ impl Daemon {
     pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(64);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(500))) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(500)))
+            {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -241,7 +257,10 @@ impl Daemon {
                 stream,
                 &Reply {
                     status: Status::Refused,
-                    error: Some("Error: Operation not permitted (ipvlan-rs needs root or CAP_NET_ADMIN).".into()),
+                    error: Some(
+                        "Error: Operation not permitted (ipvlan-rs needs root or CAP_NET_ADMIN)."
+                            .into(),
+                    ),
                     links: vec![],
                 },
             );
@@ -271,8 +290,12 @@ impl Daemon {
                 mtu,
                 mode,
                 flags,
-            } => self.add(&caller, &master, &name, mtu, mode, flags).map(|()| vec![]),
-            Request::Set { dev, mode, flags } => self.set(&caller, &dev, mode, flags).map(|()| vec![]),
+            } => self
+                .add(&caller, &master, &name, mtu, mode, flags)
+                .map(|()| vec![]),
+            Request::Set { dev, mode, flags } => {
+                self.set(&caller, &dev, mode, flags).map(|()| vec![])
+            }
             Request::Del { dev } => self.del(&caller, &dev).map(|()| vec![]),
             Request::Show { dev } => self.show(&caller, dev.as_deref()),
         }
@@ -313,7 +336,10 @@ impl Daemon {
                 "Error: \"{master}\" is itself an ipvlan-rs slave; nesting slaves is not supported yet: use its master."
             )));
         }
-        if m.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX)) {
+        if m.alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+        {
             return Err(refused(format!(
                 "Error: \"{master}\" is the host end of an ipvlan-rs slave and cannot be a master."
             )));
@@ -335,7 +361,9 @@ impl Daemon {
             )));
         }
         if taken {
-            return Err(refused("RTNETLINK answers: File exists"));
+            return Err(refused(format!(
+                "Error: a device named \"{name}\" already exists (RTNETLINK answers: File exists)."
+            )));
         }
         let mac = m.mac.expect("checked above");
 
@@ -366,13 +394,17 @@ impl Daemon {
         flags: Option<Flags>,
         mac: MacAddr,
     ) -> Result<(), Fail> {
-        let id = self.ports[pi]
-            .port
-            .add_slave()
-            .map_err(|e| refused(format!("Error: {e} (RTNETLINK answers: No space left on device)")))?;
+        let id = self.ports[pi].port.add_slave().map_err(|e| {
+            refused(format!(
+                "Error: {e} (RTNETLINK answers: No space left on device)"
+            ))
+        })?;
         let host_name = host_end_name(m.index, id.0);
         let undo = |d: &mut Self| d.ports[pi].port.remove_slave(id);
-        let w = self.watched.get_mut(&caller.key()).expect("port namespace is watched");
+        let w = self
+            .watched
+            .get_mut(&caller.key())
+            .expect("port namespace is watched");
         if let Err(e) = w.rtnl.create_veth(&VethSpec {
             name,
             mac,
@@ -518,19 +550,19 @@ impl Daemon {
 
     fn destroy_port(&mut self, pi: usize) {
         let p = self.ports.remove(pi);
-        if let Some(w) = self.watched.get(&p.ns) {
-            if let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index)) {
-                tracing::warn!("removing the guard of {}: {e}", p.master_name);
-            }
+        if let Some(w) = self.watched.get(&p.ns)
+            && let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index))
+        {
+            tracing::warn!("removing the guard of {}: {e}", p.master_name);
         }
         drop(p.backend);
-        if !self.ports.iter().any(|q| q.ns == p.ns) {
-            if let Some(w) = self.watched.remove(&p.ns) {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&w.monitor.as_raw_fd()));
-            }
+        if !self.ports.iter().any(|q| q.ns == p.ns)
+            && let Some(w) = self.watched.remove(&p.ns)
+        {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&w.monitor.as_raw_fd()));
         }
     }
 
@@ -541,13 +573,11 @@ impl Daemon {
             return;
         };
         p.port.remove_slave(id);
-        if delete {
-            if let Some(w) = self.watched.get_mut(&p.ns) {
-                match w.rtnl.del_link(rec.host_index) {
-                    Ok(()) => {}
-                    Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV as i32) => {}
-                    Err(e) => tracing::warn!("deleting {}: {e}", rec.host_name),
-                }
+        if delete && let Some(w) = self.watched.get_mut(&p.ns) {
+            match w.rtnl.del_link(rec.host_index) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(nix::errno::Errno::ENODEV as i32) => {}
+                Err(e) => tracing::warn!("deleting {}: {e}", rec.host_name),
             }
         }
         tracing::info!("removed slave {} (dev_id {})", rec.name, id.0);
@@ -565,7 +595,10 @@ impl Daemon {
             let nsid = if pns == ns.key() {
                 None
             } else {
-                let w = self.watched.get_mut(&pns).expect("port namespace is watched");
+                let w = self
+                    .watched
+                    .get_mut(&pns)
+                    .expect("port namespace is watched");
                 match w.rtnl.nsid_of(ns)? {
                     Some(id) => Some(id),
                     None => continue,
@@ -672,12 +705,11 @@ impl Daemon {
         let Some(nsid) = nsid else {
             return w.ns.try_clone().ok();
         };
-        if let Some(path) = w.nsid_paths.get(&nsid) {
-            if let Ok(ns) = NetNs::open(path) {
-                if matches!(w.rtnl.nsid_of(&ns), Ok(Some(i)) if i == nsid) {
-                    return Some(ns);
-                }
-            }
+        if let Some(path) = w.nsid_paths.get(&nsid)
+            && let Ok(ns) = NetNs::open(path)
+            && matches!(w.rtnl.nsid_of(&ns), Ok(Some(i)) if i == nsid)
+        {
+            return Some(ns);
         }
         for (path, ns) in all_namespaces() {
             if matches!(w.rtnl.nsid_of(&ns), Ok(Some(i)) if i == nsid) {
@@ -718,7 +750,9 @@ impl Daemon {
             flags_clear: if noarp { 0 } else { IFF_NOARP },
             ..Default::default()
         };
-        if let Some((_, Err(e))) = self.with_slave_rtnl(pi, id, |rt, index| rt.set_link(index, &change)) {
+        if let Some((_, Err(e))) =
+            self.with_slave_rtnl(pi, id, |rt, index| rt.set_link(index, &change))
+        {
             tracing::warn!("setting NOARP on a slave: {e}");
         }
     }
@@ -792,7 +826,11 @@ impl Daemon {
             return;
         };
         let p = &mut self.ports[pi];
-        let old: Vec<IpAddr> = p.port.slave(id).map(|s| s.addrs.clone()).unwrap_or_default();
+        let old: Vec<IpAddr> = p
+            .port
+            .slave(id)
+            .map(|s| s.addrs.clone())
+            .unwrap_or_default();
         for ip in old {
             if !addrs.iter().any(|a| a.ip == ip) {
                 p.port.remove_addr(id, ip);
@@ -812,7 +850,7 @@ impl Daemon {
         let Some(rec) = p.slaves.get_mut(&id) else {
             return;
         };
-        let was_up = rec.flags & IFF_UP != 0;
+        let _was_up = rec.flags & IFF_UP != 0;
         rec.flags = link.flags;
         rec.name = link.name.clone();
         let up = link.is_up();
@@ -820,7 +858,7 @@ impl Daemon {
         if let Some(mc) = p.port.mc_filter_mut(id) {
             mc.set_all(link.flags & (IFF_PROMISC | IFF_ALLMULTI) != 0);
         }
-        if up && !was_up || up && link.mac.is_some() {
+        if up {
             self.ensure_link_local(pi, id);
         }
     }
@@ -861,8 +899,16 @@ impl Daemon {
         match p.port.add_addr(id, a.ip) {
             Ok(()) => {}
             Err(PortError::AddrInUse { owner, .. }) => {
-                let owner_name = p.slaves.get(&owner).map(|s| s.name.clone()).unwrap_or_default();
-                let name = p.slaves.get(&id).map(|s| s.name.clone()).unwrap_or_default();
+                let owner_name = p
+                    .slaves
+                    .get(&owner)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                let name = p
+                    .slaves
+                    .get(&id)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
                 tracing::warn!(
                     "refused {} on {name}: Address already assigned to an ipvlan device ({owner_name}); removed it again",
                     a.ip
@@ -877,61 +923,64 @@ impl Daemon {
 
     fn drain_monitor(&mut self, key: NsKey) {
         let mut evs = Vec::new();
-        if let Some(w) = self.watched.get_mut(&key) {
-            if let Err(e) = w.monitor.read(&mut evs) {
-                tracing::warn!("monitor in {key}: {e}");
-            }
+        if let Some(w) = self.watched.get_mut(&key)
+            && let Err(e) = w.monitor.read(&mut evs)
+        {
+            tracing::warn!("monitor in {key}: {e}");
         }
-        let mut dirty = vec![false; self.ports.len()];
         let mut resync = false;
         for (nsid, ev) in evs {
-            if self.handle_event(key, nsid, ev, &mut dirty) {
-                resync = true;
-            }
-            if dirty.len() != self.ports.len() {
-                dirty = vec![true; self.ports.len()];
-            }
+            resync |= self.handle_event(key, nsid, ev);
         }
-        if resync {
-            for pi in 0..self.ports.len() {
-                if self.ports[pi].ns == key {
-                    let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
-                    for id in ids {
-                        if pi < self.ports.len() && self.ports[pi].slaves.contains_key(&id) {
-                            self.sync_slave(pi, id);
-                        }
-                    }
-                    dirty[pi] = true;
+        let ports: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|p| p.ns == key)
+            .map(|p| p.master_index)
+            .collect();
+        for master in ports {
+            let Some(pi) = self
+                .ports
+                .iter()
+                .position(|p| p.ns == key && p.master_index == master)
+            else {
+                continue;
+            };
+            if resync {
+                let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+                for id in ids {
+                    self.sync_slave(pi, id);
                 }
             }
-        }
-        for (pi, d) in dirty.into_iter().enumerate() {
-            if d && pi < self.ports.len() {
-                self.publish(pi);
-            }
+            // Every port of this namespace: cheap, and the guard is only rewritten
+            // when it changed.
+            self.publish(pi);
         }
     }
 
     /// Applies one event; true when state must be read again.
-    fn handle_event(&mut self, key: NsKey, nsid: Option<i32>, ev: Event, dirty: &mut [bool]) -> bool {
+    fn handle_event(&mut self, key: NsKey, nsid: Option<i32>, ev: Event) -> bool {
         let find = |d: &Self, index: u32| {
-            d.ports.iter().enumerate().filter(|(_, p)| p.ns == key).find_map(|(pi, p)| {
-                p.slaves
-                    .iter()
-                    .find(|(_, s)| s.loc == Some(Loc { nsid, index }))
-                    .map(|(&id, _)| (pi, id))
-            })
+            d.ports
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.ns == key)
+                .find_map(|(pi, p)| {
+                    p.slaves
+                        .iter()
+                        .find(|(_, s)| s.loc == Some(Loc { nsid, index }))
+                        .map(|(&id, _)| (pi, id))
+                })
         };
         match ev {
             Event::Overrun => return true,
             Event::NewLink(l) => {
                 if let Some((pi, id)) = find(self, l.index) {
                     self.on_link(pi, id, &l);
-                    dirty[pi] = true;
                 } else if nsid.is_none() {
-                    self.on_master_link(key, &l, dirty);
+                    self.on_master_link(key, &l);
                 }
-                self.relocate_moving(key, dirty);
+                self.relocate_moving(key);
             }
             Event::DelLink(l) => {
                 if let Some((pi, id)) = find(self, l.index) {
@@ -941,9 +990,17 @@ impl Daemon {
                     return false;
                 }
                 if nsid.is_none() {
-                    let hit = self.ports.iter().enumerate().filter(|(_, p)| p.ns == key).find_map(|(pi, p)| {
-                        p.slaves.iter().find(|(_, s)| s.host_index == l.index).map(|(&id, _)| (pi, id))
-                    });
+                    let hit = self
+                        .ports
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| p.ns == key)
+                        .find_map(|(pi, p)| {
+                            p.slaves
+                                .iter()
+                                .find(|(_, s)| s.host_index == l.index)
+                                .map(|(&id, _)| (pi, id))
+                        });
                     if let Some((pi, id)) = hit {
                         self.remove_slave(pi, id, false);
                     }
@@ -952,29 +1009,27 @@ impl Daemon {
             Event::NewAddr(a) => {
                 if let Some((pi, id)) = find(self, a.index) {
                     self.on_new_addr(pi, id, a);
-                    dirty[pi] = true;
                 }
             }
             Event::DelAddr(a) => {
                 if let Some((pi, id)) = find(self, a.index) {
                     self.ports[pi].port.remove_addr(id, a.ip);
-                    dirty[pi] = true;
                 }
             }
             Event::NewMcast(m) => {
-                if let (Some((pi, id)), Some(mac)) = (find(self, m.index), ip_multicast_mac(m.group)) {
-                    if let Some(f) = self.ports[pi].port.mc_filter_mut(id) {
-                        f.add(mac);
-                    }
-                    dirty[pi] = true;
+                if let (Some((pi, id)), Some(mac)) =
+                    (find(self, m.index), ip_multicast_mac(m.group))
+                    && let Some(f) = self.ports[pi].port.mc_filter_mut(id)
+                {
+                    f.add(mac);
                 }
             }
             Event::DelMcast(m) => {
-                if let (Some((pi, id)), Some(mac)) = (find(self, m.index), ip_multicast_mac(m.group)) {
-                    if let Some(f) = self.ports[pi].port.mc_filter_mut(id) {
-                        f.remove(mac);
-                    }
-                    dirty[pi] = true;
+                if let (Some((pi, id)), Some(mac)) =
+                    (find(self, m.index), ip_multicast_mac(m.group))
+                    && let Some(f) = self.ports[pi].port.mc_filter_mut(id)
+                {
+                    f.remove(mac);
                 }
             }
         }
@@ -982,7 +1037,7 @@ impl Daemon {
     }
 
     /// Slaves between namespaces are looked for again after every link event.
-    fn relocate_moving(&mut self, key: NsKey, dirty: &mut [bool]) {
+    fn relocate_moving(&mut self, key: NsKey) {
         let moving: Vec<(usize, SlaveId)> = self
             .ports
             .iter()
@@ -998,15 +1053,12 @@ impl Daemon {
         for (pi, id) in moving.into_iter().rev() {
             if pi < self.ports.len() && self.ports[pi].slaves.contains_key(&id) {
                 self.relocate(pi, id);
-                if let Some(d) = dirty.get_mut(pi) {
-                    *d = true;
-                }
             }
         }
     }
 
     /// The master changed: follow its name and MAC (spec §7.1).
-    fn on_master_link(&mut self, key: NsKey, l: &Link, dirty: &mut [bool]) {
+    fn on_master_link(&mut self, key: NsKey, l: &Link) {
         for pi in 0..self.ports.len() {
             let p = &mut self.ports[pi];
             if p.ns != key || p.master_index != l.index {
@@ -1014,13 +1066,11 @@ impl Daemon {
             }
             if !l.name.is_empty() && p.master_name != l.name {
                 p.master_name = l.name.clone();
-                dirty[pi] = true;
             }
-            if let Some(mac) = l.mac {
-                if mac != p.port.master_mac() {
-                    p.port.set_master_mac(mac);
-                    dirty[pi] = true;
-                }
+            if let Some(mac) = l.mac
+                && mac != p.port.master_mac()
+            {
+                p.port.set_master_mac(mac);
             }
         }
     }
@@ -1049,17 +1099,16 @@ impl Daemon {
             p.slaves.values().map(|s| s.host_name.as_str()),
             addrs,
         );
-        if script != p.guard {
-            if let Some(w) = self.watched.get(&p.ns) {
-                match nft::apply(&w.ns, &script) {
-                    Ok(()) => p.guard = script,
-                    Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
-                }
+        if script != p.guard
+            && let Some(w) = self.watched.get(&p.ns)
+        {
+            match nft::apply(&w.ns, &script) {
+                Ok(()) => p.guard = script,
+                Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
             }
         }
     }
 }
-
 
 /// A request socket borrowed from a watched namespace or made for one request.
 enum RtnlRef<'a> {

@@ -173,10 +173,28 @@ pub fn parse_link(words: &[String]) -> Result<LinkCmd, UsageError> {
         let mut it = generic.iter();
         while let Some(w) = it.next() {
             match w.as_str() {
-                "link" => master = Some(it.next().ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?.clone()),
-                "name" | "dev" => name = Some(it.next().ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?.clone()),
+                "link" => {
+                    master = Some(
+                        it.next()
+                            .ok_or_else(|| {
+                                usage("Command line is not complete. Try option \"help\"")
+                            })?
+                            .clone(),
+                    )
+                }
+                "name" | "dev" => {
+                    name = Some(
+                        it.next()
+                            .ok_or_else(|| {
+                                usage("Command line is not complete. Try option \"help\"")
+                            })?
+                            .clone(),
+                    )
+                }
                 "mtu" => mtu = Some(parse_mtu(it.next())?),
-                other if name.is_none() && !other.starts_with('-') => name = Some(other.to_string()),
+                other if name.is_none() && !other.starts_with('-') => {
+                    name = Some(other.to_string())
+                }
                 other => {
                     return Err(usage(format!(
                         "Error: either \"dev\" is duplicate, or \"{other}\" is a garbage."
@@ -184,7 +202,8 @@ pub fn parse_link(words: &[String]) -> Result<LinkCmd, UsageError> {
                 }
             }
         }
-        let name = name.ok_or_else(|| usage("Not enough information: \"name\" argument is required"))?;
+        let name =
+            name.ok_or_else(|| usage("Not enough information: \"name\" argument is required"))?;
         check_ifname(&name)?;
         let master = master.ok_or_else(|| {
             usage("Not enough information: \"link\" argument is required: the master (e.g. link eth0)")
@@ -197,15 +216,21 @@ pub fn parse_link(words: &[String]) -> Result<LinkCmd, UsageError> {
         })
     } else if matches(verb, "set") || matches(verb, "change") {
         let (generic, ipvlan) = split_type(rest)?;
-        let dev = single_dev(generic)?.ok_or_else(|| usage("Not enough information: \"dev\" argument is required."))?;
+        let dev = single_dev(generic)?
+            .ok_or_else(|| usage("Not enough information: \"dev\" argument is required."))?;
         let args = match ipvlan {
             Some(a) => parse_ipvlan_args(a)?,
-            None => return Err(usage("ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ]")),
+            None => {
+                return Err(usage(
+                    "ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ]",
+                ));
+            }
         };
         Ok(LinkCmd::Set { dev, args })
     } else if matches(verb, "delete") || verb == "del" {
         let (generic, _) = split_type(rest)?;
-        let dev = single_dev(generic)?.ok_or_else(|| usage("Not enough information: \"dev\" argument is required."))?;
+        let dev = single_dev(generic)?
+            .ok_or_else(|| usage("Not enough information: \"dev\" argument is required."))?;
         Ok(LinkCmd::Del { dev })
     } else if matches(verb, "show") || matches(verb, "list") || verb == "lst" || verb == "ls" {
         Ok(LinkCmd::Show {
@@ -265,7 +290,10 @@ mod tests {
             p("add link eth0 name ipvl0 type ipvlan mode l2 bridge").unwrap(),
             add("eth0", "ipvl0", Some(Mode::L2), Some(Flags::Bridge))
         );
-        assert_eq!(p("add link eth0 name x type ipvlan").unwrap(), add("eth0", "x", None, None));
+        assert_eq!(
+            p("add link eth0 name x type ipvlan").unwrap(),
+            add("eth0", "x", None, None)
+        );
         assert_eq!(
             p("add link eth0 x type ipvlan p").unwrap(),
             add("eth0", "x", None, Some(Flags::Private))
@@ -276,18 +304,46 @@ mod tests {
                 master: "eth0".into(),
                 name: "x".into(),
                 mtu: Some(1300),
-                args: IpvlanArgs { mode: Some(Mode::L3s), flags: Some(Flags::Vepa) }
+                args: IpvlanArgs {
+                    mode: Some(Mode::L3s),
+                    flags: Some(Flags::Vepa)
+                }
             }
         );
     }
 
     #[test]
     fn errors() {
-        assert!(p("add link eth0 x type ipvlan private vepa").unwrap_err().0.contains("unknown option \"vepa\""));
-        assert!(p("add link eth0 x type ipvlan mode l4").unwrap_err().0.contains("\"l4\""));
-        assert!(p("add link eth0 x type ipvlan foo").unwrap_err().0.contains("\"foo\""));
-        assert!(p("add link eth0 abcdefghijklmnop type ipvlan").unwrap_err().0.contains("abcdefghijklmnop"));
-        assert!(p("add link eth0 x type macvlan").unwrap_err().0.contains("macvlan"));
+        assert!(
+            p("add link eth0 x type ipvlan private vepa")
+                .unwrap_err()
+                .0
+                .contains("unknown option \"vepa\"")
+        );
+        assert!(
+            p("add link eth0 x type ipvlan mode l4")
+                .unwrap_err()
+                .0
+                .contains("\"l4\"")
+        );
+        assert!(
+            p("add link eth0 x type ipvlan foo")
+                .unwrap_err()
+                .0
+                .contains("\"foo\"")
+        );
+        assert!(
+            p("add link eth0 abcdefghijklmnop type ipvlan")
+                .unwrap_err()
+                .0
+                .contains("abcdefghijklmnop")
+        );
+        assert!(
+            p("add link eth0 x type macvlan")
+                .unwrap_err()
+                .0
+                .contains("macvlan")
+        );
         assert!(p("add x type ipvlan").unwrap_err().0.contains("link"));
         assert!(p("add link eth0 x").unwrap_err().0.contains("type"));
         assert!(p("add link eth0 x type ipvlan mode").is_err());
@@ -298,17 +354,34 @@ mod tests {
     fn set_del_show() {
         assert_eq!(
             p("set dev x type ipvlan mode l3").unwrap(),
-            LinkCmd::Set { dev: "x".into(), args: IpvlanArgs { mode: Some(Mode::L3), flags: Some(Flags::Bridge) } }
+            LinkCmd::Set {
+                dev: "x".into(),
+                args: IpvlanArgs {
+                    mode: Some(Mode::L3),
+                    flags: Some(Flags::Bridge)
+                }
+            }
         );
         assert_eq!(
             p("set x type ipvlan private").unwrap(),
-            LinkCmd::Set { dev: "x".into(), args: IpvlanArgs { mode: None, flags: Some(Flags::Private) } }
+            LinkCmd::Set {
+                dev: "x".into(),
+                args: IpvlanArgs {
+                    mode: None,
+                    flags: Some(Flags::Private)
+                }
+            }
         );
         assert_eq!(p("del dev x").unwrap(), LinkCmd::Del { dev: "x".into() });
         assert_eq!(p("delete x").unwrap(), LinkCmd::Del { dev: "x".into() });
         assert_eq!(p("show").unwrap(), LinkCmd::Show { dev: None });
         assert_eq!(p("").unwrap(), LinkCmd::Show { dev: None });
-        assert_eq!(p("sh dev x").unwrap(), LinkCmd::Show { dev: Some("x".into()) });
+        assert_eq!(
+            p("sh dev x").unwrap(),
+            LinkCmd::Show {
+                dev: Some("x".into())
+            }
+        );
         assert!(p("show a b").is_err());
     }
 }

@@ -67,7 +67,13 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
                 c.rx_bytes, c.rx_packets, c.rx_dropped, c.tx_bytes, c.tx_packets, c.tx_dropped
             );
             for (why, n) in &c.drops {
-                s += &format!("    dropped {}: {n}\n", serde_json::to_value(why).unwrap_or(Value::Null).as_str().unwrap_or("?"));
+                s += &format!(
+                    "    dropped {}: {n}\n",
+                    serde_json::to_value(why)
+                        .unwrap_or(Value::Null)
+                        .as_str()
+                        .unwrap_or("?")
+                );
             }
         }
     }

@@ -102,9 +102,13 @@ pub fn receive(stream: &UnixStream) -> io::Result<(Request, OwnedFd)> {
         first.extend_from_slice(&rest);
     }
     let fd = fd.ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "no namespace descriptor came with the request")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no namespace descriptor came with the request",
+        )
     })?;
-    let req = serde_json::from_slice(&first).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let req = serde_json::from_slice(&first)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok((req, fd))
 }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,7 +31,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ipvlan");
 
 /// How long any single external command may take before the harness kills it (so a hung
 /// daemon fails the test instead of hanging CI).
-pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shorter limit for commands run only to print diagnostics of a failure.
+pub const DIAG_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Panics unless running as root. Root-only tests must never pass silently.
 pub fn require_root() {
@@ -46,6 +50,11 @@ pub fn require_root() {
 /// Runs `cmd` to completion (killing it after [`CMD_TIMEOUT`]), capturing its output.
 /// The command line and its result are logged to stderr (shown for failing tests).
 pub fn run(cmd: &mut Command) -> Output {
+    run_timeout(cmd, CMD_TIMEOUT)
+}
+
+/// [`run`] with its own time limit.
+pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -65,14 +74,14 @@ pub fn run(cmd: &mut Command) -> Output {
         let _ = err_pipe.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + CMD_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let st = child.wait().expect("wait after kill");
-                eprintln!("!! timed out after {CMD_TIMEOUT:?}: {shown}");
+                eprintln!("!! timed out after {timeout:?}, killed: {shown}");
                 break st;
             }
             Ok(None) => thread::sleep(Duration::from_millis(5)),
@@ -144,9 +153,11 @@ pub fn stderr(o: &Output) -> String {
 /// including `fe80::...%dev`). True if it got replies.
 pub fn ping(ns: &str, addr: &str) -> bool {
     let v6 = if addr.contains(':') { "-6 " } else { "" };
-    sh(&format!("ip netns exec {ns} ping {v6}-c 2 -W 2 -i 0.2 {addr}"))
-        .status
-        .success()
+    sh(&format!(
+        "ip netns exec {ns} ping {v6}-c 2 -W 2 -i 0.2 {addr}"
+    ))
+    .status
+    .success()
 }
 
 /// `ping`, retried a few times: the daemon learns addresses from rtnetlink events, a
@@ -183,7 +194,9 @@ pub fn mac(ns: &str, dev: &str) -> String {
 
 /// Whether a link of that name exists in `ns`.
 pub fn link_exists(ns: &str, dev: &str) -> bool {
-    sh(&format!("ip -n {ns} link show dev {dev}")).status.success()
+    sh(&format!("ip -n {ns} link show dev {dev}"))
+        .status
+        .success()
 }
 
 /// The addresses of `dev` in `ns` of one family (`-4`/`-6`) and scope (`global`/`link`).
@@ -331,7 +344,8 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: IpAddr, mib: usize) -> 
             }
         };
         conn.set_nonblocking(false).map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(io_timeout))
+            .map_err(|e| e.to_string())?;
         let mut expect = Pattern::new(seed);
         let mut want = vec![0u8; CHUNK];
         let mut want_len = 0usize; // valid bytes in `want` not yet compared
@@ -400,7 +414,8 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: IpAddr, mib: usize) -> 
             }
         }
         let mut conn = conn.ok_or_else(|| format!("sender: connect {dest}: {last}"))?;
-        conn.set_write_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        conn.set_write_timeout(Some(io_timeout))
+            .map_err(|e| e.to_string())?;
         let mut pat = Pattern::new(seed);
         let mut buf = vec![0u8; CHUNK];
         let mut hash = Fnv::new();
@@ -416,7 +431,8 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: IpAddr, mib: usize) -> 
         conn.shutdown(std::net::Shutdown::Write)
             .map_err(|e| format!("sender: shutdown: {e}"))?;
         // Wait for the receiver's close so the data is known to have left.
-        conn.set_read_timeout(Some(io_timeout)).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(io_timeout))
+            .map_err(|e| e.to_string())?;
         let _ = conn.read(&mut [0u8; 1]);
         Ok(hash.0)
     });
@@ -433,7 +449,9 @@ pub fn tcp_transfer(from_ns: &str, to_ns: &str, to_addr: IpAddr, mib: usize) -> 
         return Err(format!("received {got} bytes of {total}"));
     }
     if recv_hash != sent_hash {
-        return Err(format!("hash mismatch: sent {sent_hash:016x}, got {recv_hash:016x}"));
+        return Err(format!(
+            "hash mismatch: sent {sent_hash:016x}, got {recv_hash:016x}"
+        ));
     }
     Ok(())
 }
@@ -463,7 +481,18 @@ impl Daemon {
         let socket = dir.join("ipvlan.sock");
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-daemon.log"));
         let log_file = File::create(&log).expect("create daemon log");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The daemon dies with the test thread that started it, even if the test
+                // process is killed before `Drop` runs.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .arg("daemon")
             .arg("--socket")
             .arg(&socket)
@@ -509,10 +538,21 @@ impl Daemon {
 
     /// Runs `ip netns exec NS ipvlan ARGS...` with this daemon's socket.
     pub fn ipvlan(&self, ns: &str, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", ns, BIN])
-            .args(args)
-            .env("IPVLAN_SOCKET", &self.socket))
+        self.ipvlan_timeout(ns, args, CMD_TIMEOUT)
+    }
+
+    /// [`Daemon::ipvlan`] with its own time limit.
+    pub fn ipvlan_timeout(&self, ns: &str, args: &[&str], timeout: Duration) -> Output {
+        run_timeout(
+            Command::new("ip")
+                .args(["netns", "exec", ns, BIN])
+                .args(args)
+                .env("IPVLAN_SOCKET", &self.socket)
+                // If this test's daemon has died, fail instead of starting a stray one
+                // in the background (honoured if the CLI supports it; harmless if not).
+                .env("IPVLAN_NO_AUTOSTART", "1"),
+            timeout,
+        )
     }
 
     fn stop(&mut self) {
@@ -594,7 +634,7 @@ impl Topo {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let prefix = format!("ivt{}{}", pid % 10000, n);
+        let prefix = format!("ivt{:04}{}", pid % 10000, n);
         assert!(prefix.len() <= 10, "prefix too long: {prefix}");
         let x = (pid.wrapping_mul(7).wrapping_add(n)) % 250 + 1;
         let mut t = Topo {
@@ -701,8 +741,12 @@ impl Topo {
             }
         }
         if let Some(d) = &self.daemon {
-            let o = d.ipvlan(&self.host, &["-d", "-s", "link", "show"]);
-            s.push_str(&format!("== ipvlan -d -s link show\n{}{}", stdout(&o), stderr(&o)));
+            let o = d.ipvlan_timeout(&self.host, &["-d", "-s", "link", "show"], DIAG_TIMEOUT);
+            s.push_str(&format!(
+                "== ipvlan -d -s link show\n{}{}",
+                stdout(&o),
+                stderr(&o)
+            ));
         }
         s
     }
