@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::grammar::{LinkCmd, parse_link};
 use crate::output::{self, Style};
-use crate::proto::{self, Request, Status};
+use ipvlan::proto::{self, Request, Status};
 
 pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode {
     let cmd = match parse_link(args) {

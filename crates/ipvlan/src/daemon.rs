@@ -37,7 +37,7 @@ use ipvlan_sys::{NetNs, NsKey, nft};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::proto::{self, Reply, Request, SlaveView, Status};
+use ipvlan::proto::{self, Reply, Request, SlaveView, Status};
 
 const LISTENER: Token = Token(0);
 /// The interface alias that marks a host end as ours.

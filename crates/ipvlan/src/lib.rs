@@ -1,3 +1,5 @@
-//! Library part of the `ipvlan` crate: what the binary and the integration tests share.
+//! Library part of the `ipvlan` crate: what the binary, the CNI plugin and the
+//! integration tests share.
 
 pub mod netcheck;
+pub mod proto;

@@ -5,7 +5,6 @@ mod daemon;
 mod demo;
 mod grammar;
 mod output;
-mod proto;
 
 use std::process::ExitCode;
 
@@ -72,7 +71,7 @@ fn main() -> ExitCode {
             cli.pretty,
         ),
         Cmd::Daemon { socket, backend: _ } => {
-            let socket = socket.unwrap_or_else(proto::socket_path);
+            let socket = socket.unwrap_or_else(ipvlan::proto::socket_path);
             match run_daemon(&socket) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

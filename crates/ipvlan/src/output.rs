@@ -4,7 +4,7 @@
 use ipvlan_sys::rtnl::{IFF_ALLMULTI, IFF_LOWER_UP, IFF_NOARP, IFF_PROMISC, IFF_UP};
 use serde_json::{Value, json};
 
-use crate::proto::SlaveView;
+use ipvlan::proto::SlaveView;
 
 /// Interface flags as `ip link` names them, in its order.
 pub fn flag_names(flags: u32) -> Vec<String> {
