@@ -25,6 +25,20 @@ pub enum DropKind {
     Other,
 }
 
+impl DropKind {
+    /// The stable name used in counters and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Malformed => "malformed",
+            Self::NoPath => "no_path",
+            Self::L3Filtered => "l3_filtered",
+            Self::QueueFull => "queue_full",
+            Self::Other => "other",
+        }
+    }
+}
+
 pub const DROP_KINDS: [DropKind; 6] = [
     DropKind::Private,
     DropKind::Malformed,

@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 
 use crate::grammar::{LinkCmd, parse_link};
 use crate::output::{self, Style};
-use ipvlan::proto::{self, Request, Status};
+use std::io::Write;
+
+use ipvlan::proto::{self, Notice, Request, Status};
 
 pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode {
+    if matches!(args.first().map(String::as_str), Some("--help" | "-h")) {
+        println!("{}\n\n{}", crate::grammar::USAGE, crate::grammar::EXAMPLES);
+        return ExitCode::SUCCESS;
+    }
     let cmd = match parse_link(args) {
         Ok(c) => c,
         Err(e) => {
@@ -69,15 +75,57 @@ pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode
     ExitCode::from(reply.status as u8)
 }
 
-fn call(req: &Request) -> std::io::Result<proto::Reply> {
-    let path = proto::socket_path();
-    let stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e) if std::env::var_os("IPVLAN_NO_AUTOSTART").is_some() => return Err(e),
-        Err(_) => start_daemon(&path)?,
+/// `ipvlan monitor`: prints every change the daemon reports until interrupted.
+pub fn monitor(json: bool) -> ExitCode {
+    let run = || -> std::io::Result<()> {
+        let stream = connect()?;
+        let reply = send(&stream, &Request::Monitor)?;
+        if reply.status != Status::Ok {
+            return Err(std::io::Error::other(reply.error.unwrap_or_default()));
+        }
+        let mut lines = std::io::BufReader::new(&stream);
+        let mut out = std::io::stdout().lock();
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut lines, &mut line)? == 0 {
+                return Err(std::io::Error::other("the daemon closed the stream"));
+            }
+            if json {
+                write!(out, "{line}")?;
+            } else {
+                match serde_json::from_str::<Notice>(&line) {
+                    Ok(n) => writeln!(out, "{n}")?,
+                    Err(_) => write!(out, "{line}")?,
+                }
+            }
+            out.flush()?;
+        }
     };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipvlan monitor: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn connect() -> std::io::Result<UnixStream> {
+    let path = proto::socket_path();
+    match UnixStream::connect(&path) {
+        Ok(s) => Ok(s),
+        Err(e) if std::env::var_os("IPVLAN_NO_AUTOSTART").is_some() => Err(e),
+        Err(_) => start_daemon(&path),
+    }
+}
+
+fn send(stream: &UnixStream, req: &Request) -> std::io::Result<proto::Reply> {
     let netns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();
-    proto::call(&stream, &netns, req)
+    proto::call(stream, &netns, req)
+}
+
+fn call(req: &Request) -> std::io::Result<proto::Reply> {
+    send(&connect()?, req)
 }
 
 /// Starts a daemon in the background and waits until it answers.

@@ -30,16 +30,17 @@ use ipvlan_datapath::{Plan, PlanSlave, SlaveCounters, guard};
 use ipvlan_sys::netns::{all_namespaces, named_namespaces};
 use ipvlan_sys::packet::PacketSocket;
 use ipvlan_sys::rtnl::{
-    Addr, Event, IFF_ALLMULTI, IFF_NOARP, IFF_PROMISC, IFF_UP, Link, LinkChange, Monitor, Rtnl,
-    RtnlError, VethSpec,
+    Addr, Event, IFF_ALLMULTI, IFF_LOWER_UP, IFF_NOARP, IFF_PROMISC, IFF_UP, Link, LinkChange,
+    Monitor, Rtnl, RtnlError, VethSpec,
 };
 use ipvlan_sys::{NetNs, NsKey, nft};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use ipvlan::proto::{self, Reply, Request, SlaveView, Status};
+use ipvlan::proto::{self, Notice, Reply, Request, SlaveView, Status};
 
 const LISTENER: Token = Token(0);
+const METRICS: Token = Token(usize::MAX);
 /// The interface alias that marks a host end as ours.
 pub const ALIAS_PREFIX: &str = "ipvlan-rs:";
 
@@ -76,6 +77,10 @@ impl From<io::Error> for Fail {
     }
 }
 
+/// A connection the metrics endpoint answers on.
+trait ReadWrite: io::Read + io::Write {}
+impl<T: io::Read + io::Write> ReadWrite for T {}
+
 /// Where a slave end is, as seen from its master's namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
@@ -103,6 +108,8 @@ struct PortRec {
     slaves: BTreeMap<SlaveId, SlaveRec>,
     backend: UserBackend,
     guard: String,
+    /// The master was up with carrier at the last look.
+    master_running: bool,
 }
 
 /// A master namespace the daemon watches.
@@ -121,6 +128,47 @@ pub struct Daemon {
     watched: HashMap<NsKey, Watched>,
     ports: Vec<PortRec>,
     next_token: usize,
+    /// `ipvlan monitor` connections, written without blocking.
+    subscribers: Vec<UnixStream>,
+    metrics: Option<MetricsListener>,
+}
+
+/// Where the opt-in Prometheus endpoint listens.
+pub enum MetricsListener {
+    Unix(UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+impl MetricsListener {
+    /// `PATH` (contains a '/') for a Unix socket, else `ADDR:PORT` on a loopback address.
+    pub fn bind(spec: &str) -> anyhow::Result<Self> {
+        if spec.contains('/') {
+            let _ = std::fs::remove_file(spec);
+            let l = UnixListener::bind(spec).with_context(|| format!("cannot listen on {spec}"))?;
+            std::fs::set_permissions(spec, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Self::Unix(l))
+        } else {
+            let addr: std::net::SocketAddr = spec.parse().with_context(|| {
+                format!("--metrics {spec}: expected a socket path or a loopback ADDR:PORT (e.g. 127.0.0.1:9465)")
+            })?;
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "--metrics {spec}: the metrics endpoint only listens on loopback (127.0.0.1 or [::1])"
+                );
+            }
+            Ok(Self::Tcp(
+                std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on {spec}"))?,
+            ))
+        }
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Self::Unix(l) => l.as_raw_fd(),
+            Self::Tcp(l) => l.as_raw_fd(),
+        }
+    }
 }
 
 /// The IPv6 link-local address the kernel gives an ipvlan slave (spec §1.5): the
@@ -197,7 +245,143 @@ impl Daemon {
             watched: HashMap::new(),
             ports: Vec::new(),
             next_token: 1,
+            subscribers: Vec::new(),
+            metrics: None,
         })
+    }
+
+    /// Also serves counters in the Prometheus text format on `l`.
+    pub fn with_metrics(mut self, l: MetricsListener) -> anyhow::Result<Self> {
+        match &l {
+            MetricsListener::Unix(u) => u.set_nonblocking(true)?,
+            MetricsListener::Tcp(t) => t.set_nonblocking(true)?,
+        }
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&l.raw_fd()), METRICS, Interest::READABLE)?;
+        self.metrics = Some(l);
+        Ok(self)
+    }
+
+    fn serve_metrics(&mut self) {
+        let body = self.render_metrics();
+        let answer = |s: &mut dyn ReadWrite| {
+            // Read the request head (its content does not matter), then answer.
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        };
+        loop {
+            let accepted: io::Result<Box<dyn ReadWrite>> = match &self.metrics {
+                Some(MetricsListener::Unix(l)) => l.accept().map(|(s, _)| {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    Box::new(s) as Box<dyn ReadWrite>
+                }),
+                Some(MetricsListener::Tcp(l)) => l.accept().map(|(s, _)| {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    Box::new(s) as Box<dyn ReadWrite>
+                }),
+                None => return,
+            };
+            match accepted {
+                Ok(mut s) => answer(&mut *s),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Every port's and slave's counters, in the Prometheus text exposition format.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        type Series = (
+            &'static str,
+            &'static str,
+            fn(&ipvlan_datapath::Counters) -> u64,
+        );
+        let series: [Series; 6] = [
+            ("rx_packets_total", "Frames delivered to the slave.", |c| {
+                c.rx_packets
+            }),
+            ("rx_bytes_total", "Bytes delivered to the slave.", |c| {
+                c.rx_bytes
+            }),
+            ("tx_packets_total", "Frames the slave sent.", |c| {
+                c.tx_packets
+            }),
+            ("tx_bytes_total", "Bytes the slave sent.", |c| c.tx_bytes),
+            (
+                "rx_dropped_total",
+                "Frames for the slave that were dropped.",
+                |c| c.rx_dropped,
+            ),
+            (
+                "tx_dropped_total",
+                "Frames from the slave that were dropped.",
+                |c| c.tx_dropped,
+            ),
+        ];
+        let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "# HELP ipvlan_port_info A port (master) and its mode and flags.\n# TYPE ipvlan_port_info gauge"
+        );
+        for p in &self.ports {
+            let _ = writeln!(
+                out,
+                "ipvlan_port_info{{master=\"{}\",master_netns=\"{}\",mode=\"{}\",flags=\"{}\"}} 1",
+                label(&p.master_name),
+                p.ns,
+                p.port.mode().as_str(),
+                p.port.flags().as_str()
+            );
+        }
+        let slaves: Vec<(String, ipvlan_datapath::Counters)> = self
+            .ports
+            .iter()
+            .flat_map(|p| {
+                p.slaves.iter().map(move |(id, s)| {
+                    (
+                        format!(
+                            "master=\"{}\",slave=\"{}\",dev_id=\"{}\"",
+                            label(&p.master_name),
+                            label(&s.name),
+                            id.0
+                        ),
+                        s.counters.read(),
+                    )
+                })
+            })
+            .collect();
+        for (name, help, get) in series {
+            let _ = writeln!(
+                out,
+                "# HELP ipvlan_slave_{name} {help}\n# TYPE ipvlan_slave_{name} counter"
+            );
+            for (labels, c) in &slaves {
+                let _ = writeln!(out, "ipvlan_slave_{name}{{{labels}}} {}", get(c));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ipvlan_slave_drops_total Frames dropped, by reason.\n# TYPE ipvlan_slave_drops_total counter"
+        );
+        for (labels, c) in &slaves {
+            for (why, n) in &c.drops {
+                let _ = writeln!(
+                    out,
+                    "ipvlan_slave_drops_total{{{labels},reason=\"{}\"}} {n}",
+                    why.as_str()
+                );
+            }
+        }
+        out
     }
 
     /// Serves until `stop` becomes true.
@@ -217,6 +401,8 @@ impl Daemon {
             for t in tokens {
                 if t == LISTENER {
                     self.accept_all();
+                } else if t == METRICS {
+                    self.serve_metrics();
                 } else if let Some(key) = self
                     .watched
                     .iter()
@@ -266,6 +452,19 @@ impl Daemon {
             );
         }
         let (req, fd) = proto::receive(stream)?;
+        if let Request::Monitor = req {
+            proto::send_reply(
+                stream,
+                &Reply {
+                    status: Status::Ok,
+                    error: None,
+                    links: vec![],
+                },
+            )?;
+            stream.set_nonblocking(true)?;
+            self.subscribers.push(stream.try_clone()?);
+            return Ok(());
+        }
         let reply = match self.handle(req, fd) {
             Ok(links) => Reply {
                 status: Status::Ok,
@@ -298,6 +497,7 @@ impl Daemon {
             }
             Request::Del { dev } => self.del(&caller, &dev).map(|()| vec![]),
             Request::Show { dev } => self.show(&caller, dev.as_deref()),
+            Request::Monitor => Ok(vec![]),
         }
     }
 
@@ -482,6 +682,7 @@ impl Daemon {
                 flags: slave.flags,
             },
         );
+        let (old_mode, old_flags) = (p.port.mode(), p.port.flags());
         let mode_changed = p.port.apply_newlink(mode, flags);
         if mode_changed {
             self.apply_noarp(pi);
@@ -489,12 +690,12 @@ impl Daemon {
             self.set_noarp(pi, id);
         }
         self.publish(pi);
-        tracing::info!(
-            "added {name} (dev_id {}) on {} in {}",
-            id.0,
-            m.name,
-            caller.key()
-        );
+        self.notify(Notice::SlaveAdded {
+            slave: name.to_string(),
+            master: m.name.clone(),
+            dev_id: id.0,
+        });
+        self.notify_mode(pi, old_mode, old_flags);
         Ok(())
     }
 
@@ -518,6 +719,7 @@ impl Daemon {
             slaves: BTreeMap::new(),
             backend,
             guard: String::new(),
+            master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
         });
         Ok(self.ports.len() - 1)
     }
@@ -580,7 +782,12 @@ impl Daemon {
                 Err(e) => tracing::warn!("deleting {}: {e}", rec.host_name),
             }
         }
-        tracing::info!("removed slave {} (dev_id {})", rec.name, id.0);
+        let master = p.master_name.clone();
+        self.notify(Notice::SlaveRemoved {
+            slave: rec.name,
+            master,
+            dev_id: id.0,
+        });
         if self.ports[pi].slaves.is_empty() {
             self.destroy_port(pi);
         } else {
@@ -639,11 +846,26 @@ impl Daemon {
         flags: Option<Flags>,
     ) -> Result<(), Fail> {
         let (pi, _) = self.resolve_dev(caller, dev)?;
+        let (old_mode, old_flags) = (self.ports[pi].port.mode(), self.ports[pi].port.flags());
         if self.ports[pi].port.apply_changelink(mode, flags) {
             self.apply_noarp(pi);
         }
         self.publish(pi);
+        self.notify_mode(pi, old_mode, old_flags);
         Ok(())
+    }
+
+    fn notify_mode(&mut self, pi: usize, old_mode: Mode, old_flags: Flags) {
+        let p = &self.ports[pi];
+        let (mode, flags) = (p.port.mode(), p.port.flags());
+        if (mode, flags) != (old_mode, old_flags) {
+            let master = p.master_name.clone();
+            self.notify(Notice::ModeChanged {
+                master,
+                mode,
+                flags,
+            });
+        }
     }
 
     fn show(&mut self, caller: &NetNs, dev: Option<&str>) -> Result<Vec<SlaveView>, Fail> {
@@ -792,6 +1014,27 @@ impl Daemon {
         }
         rec.loc = Some(loc);
         self.sync_slave(pi, id);
+        let key = self.ports[pi].ns;
+        let netns = match loc.nsid {
+            None => Some(key),
+            Some(_) => self.ns_of(key, loc.nsid).map(|n| n.key()),
+        };
+        let netns = netns
+            .map(|k| {
+                named_namespaces()
+                    .into_iter()
+                    .find(|(_, n)| *n == k)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|| k.to_string())
+            })
+            .unwrap_or_else(|| "?".into());
+        let p = &self.ports[pi];
+        let (slave, master) = (p.slaves[&id].name.clone(), p.master_name.clone());
+        self.notify(Notice::SlaveMoved {
+            slave,
+            master,
+            netns,
+        });
     }
 
     /// Reads a slave's link, addresses and groups and makes the port agree.
@@ -833,9 +1076,10 @@ impl Daemon {
             .unwrap_or_default();
         for ip in old {
             if !addrs.iter().any(|a| a.ip == ip) {
-                p.port.remove_addr(id, ip);
+                self.forget_addr(pi, id, ip);
             }
         }
+        let p = &mut self.ports[pi];
         if let Some(mc) = p.port.mc_filter_mut(id) {
             mc.replace(groups.into_iter().filter_map(ip_multicast_mac));
         }
@@ -896,26 +1140,47 @@ impl Daemon {
         if p.port.slave(id).is_some_and(|s| s.addrs.contains(&a.ip)) {
             return; // a repeated notification (flags changed, DAD finished)
         }
+        let name = |p: &PortRec, id| {
+            p.slaves
+                .get(&id)
+                .map(|s| s.name.clone())
+                .unwrap_or_default()
+        };
+        let (slave, master) = (name(p, id), p.master_name.clone());
         match p.port.add_addr(id, a.ip) {
-            Ok(()) => {}
+            Ok(()) => self.notify(Notice::AddrLearned {
+                slave,
+                master,
+                addr: a.ip.to_string(),
+            }),
             Err(PortError::AddrInUse { owner, .. }) => {
-                let owner_name = p
-                    .slaves
-                    .get(&owner)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default();
-                let name = p
-                    .slaves
-                    .get(&id)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default();
-                tracing::warn!(
-                    "refused {} on {name}: Address already assigned to an ipvlan device ({owner_name}); removed it again",
-                    a.ip
-                );
+                let owner = name(p, owner);
                 let _ = self.with_slave_rtnl(pi, id, |rt, _| rt.del_addr(&a));
+                self.notify(Notice::AddrRefused {
+                    slave,
+                    master,
+                    addr: a.ip.to_string(),
+                    owner,
+                });
             }
             Err(e) => tracing::warn!("address {}: {e}", a.ip),
+        }
+    }
+
+    fn forget_addr(&mut self, pi: usize, id: SlaveId, ip: IpAddr) {
+        let p = &mut self.ports[pi];
+        if p.port.remove_addr(id, ip) {
+            let slave = p
+                .slaves
+                .get(&id)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let master = p.master_name.clone();
+            self.notify(Notice::AddrForgotten {
+                slave,
+                master,
+                addr: ip.to_string(),
+            });
         }
     }
 
@@ -1013,7 +1278,7 @@ impl Daemon {
             }
             Event::DelAddr(a) => {
                 if let Some((pi, id)) = find(self, a.index) {
-                    self.ports[pi].port.remove_addr(id, a.ip);
+                    self.forget_addr(pi, id, a.ip);
                 }
             }
             Event::NewMcast(m) => {
@@ -1072,7 +1337,29 @@ impl Daemon {
             {
                 p.port.set_master_mac(mac);
             }
+            let running = l.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP;
+            if running != p.master_running {
+                p.master_running = running;
+                let master = p.master_name.clone();
+                self.notify(if running {
+                    Notice::MasterUp { master }
+                } else {
+                    Notice::MasterDown { master }
+                });
+            }
         }
+    }
+
+    /// Tells every `ipvlan monitor` (and the log) about a change. A subscriber that
+    /// cannot take the whole line at once is dropped rather than waited for.
+    fn notify(&mut self, n: Notice) {
+        tracing::info!("{n}");
+        let mut line = serde_json::to_vec(&n).unwrap_or_default();
+        line.push(b'\n');
+        self.subscribers.retain(|s| {
+            use std::io::Write;
+            matches!((&*s).write(&line), Ok(k) if k == line.len())
+        });
     }
 
     /// Hands the port's new state to its backend and its guard.

@@ -24,6 +24,18 @@ MODE: l3 | l3s | l2
 FLAGS: bridge | private | vepa
 (first values are the defaults if nothing is specified).";
 
+pub const EXAMPLES: &str = "\
+Examples (the kernel's ipvlan HOWTO, Documentation/networking/ipvlan.rst):
+  ip netns add ns0
+  ipvlan link add link eth0 ipvl0 type ipvlan mode l2
+  ip link set dev ipvl0 netns ns0
+  ip netns exec ns0 ip link set dev ipvl0 up
+  ip netns exec ns0 ip -4 addr add 10.0.0.2/24 dev ipvl0
+  ip netns exec ns0 ip -4 route add default via 10.0.0.1 dev ipvl0
+  ipvlan -d link show
+  ipvlan link set dev ipvl0 type ipvlan mode l2 private
+  ip netns exec ns0 ipvlan link del dev ipvl0";
+
 pub const IPVLAN_USAGE: &str = "\
 Usage: ... ipvlan [ mode MODE ] [ FLAGS ]
 

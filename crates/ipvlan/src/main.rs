@@ -46,16 +46,34 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run the daemon in the foreground (for service managers).
+    #[command(
+        after_help = "Examples:\n  ipvlan daemon\n  ipvlan daemon --socket /run/ipvlan-rs/ipvlan.sock --metrics 127.0.0.1:9465\n  ipvlan daemon --metrics /run/ipvlan-rs/metrics.sock"
+    )]
     Daemon {
         /// Control socket path [default: $IPVLAN_SOCKET or /run/ipvlan-rs/ipvlan.sock].
         #[arg(long)]
         socket: Option<String>,
+        /// Serve counters in the Prometheus text format on a Unix socket PATH or a
+        /// loopback ADDR:PORT (opt-in).
+        #[arg(long, value_name = "PATH|ADDR:PORT")]
+        metrics: Option<String>,
         /// The datapath backend.
         #[arg(long, default_value = "user", value_parser = ["user"])]
         backend: String,
     },
     /// Build the kernel HOWTO's topology in scratch namespaces, test it, tear it down.
+    #[command(after_help = "Example:\n  sudo ipvlan demo")]
     Demo,
+    /// Stream changes: slaves added, removed and moved, addresses learned and refused,
+    /// mode changes, master up and down (JSON lines with -j).
+    #[command(after_help = "Examples:\n  ipvlan monitor\n  ipvlan -j monitor")]
+    Monitor,
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Example:\n  ipvlan completions bash > /etc/bash_completion.d/ipvlan")]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from this command line definition.
+    #[command(after_help = "Example:\n  ipvlan man > /usr/local/share/man/man8/ipvlan.8")]
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -70,12 +88,35 @@ fn main() -> ExitCode {
             cli.json,
             cli.pretty,
         ),
-        Cmd::Daemon { socket, backend: _ } => {
+        Cmd::Daemon {
+            socket,
+            metrics,
+            backend: _,
+        } => {
             let socket = socket.unwrap_or_else(ipvlan::proto::socket_path);
-            match run_daemon(&socket) {
+            match run_daemon(&socket, metrics.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ipvlan daemon: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Monitor => client::monitor(cli.json),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ipvlan", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command())
+                .section("8")
+                .render(&mut std::io::stdout())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ipvlan man: {e}");
                     ExitCode::from(2)
                 }
             }
@@ -90,7 +131,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(socket: &str) -> anyhow::Result<()> {
+fn run_daemon(socket: &str, metrics: Option<&str>) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -121,6 +162,10 @@ fn run_daemon(socket: &str) -> anyhow::Result<()> {
     }
     let path = std::path::Path::new(socket);
     let mut d = daemon::Daemon::new(path)?;
+    if let Some(spec) = metrics {
+        d = d.with_metrics(daemon::MetricsListener::bind(spec)?)?;
+        tracing::info!("metrics on {spec}");
+    }
     tracing::info!("listening on {socket}");
     let r = d.run(&stop);
     let _ = std::fs::remove_file(path);

@@ -40,6 +40,126 @@ pub enum Request {
     Show {
         dev: Option<String>,
     },
+    /// Keep the connection open and stream [`Notice`]s, one JSON line each.
+    Monitor,
+}
+
+/// What `ipvlan monitor` streams: one change of some port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Notice {
+    SlaveAdded {
+        slave: String,
+        master: String,
+        dev_id: u16,
+    },
+    SlaveRemoved {
+        slave: String,
+        master: String,
+        dev_id: u16,
+    },
+    /// The slave is now in namespace `netns` (its name, or `net:[inode]`).
+    SlaveMoved {
+        slave: String,
+        master: String,
+        netns: String,
+    },
+    AddrLearned {
+        slave: String,
+        master: String,
+        addr: String,
+    },
+    AddrForgotten {
+        slave: String,
+        master: String,
+        addr: String,
+    },
+    /// A duplicate on the same master: removed again (the kernel's EADDRINUSE).
+    AddrRefused {
+        slave: String,
+        master: String,
+        addr: String,
+        owner: String,
+    },
+    ModeChanged {
+        master: String,
+        mode: Mode,
+        flags: Flags,
+    },
+    MasterUp {
+        master: String,
+    },
+    MasterDown {
+        master: String,
+    },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SlaveAdded {
+                slave,
+                master,
+                dev_id,
+            } => {
+                write!(f, "[slave] added {slave} on {master} (dev_id {dev_id:#x})")
+            }
+            Self::SlaveRemoved {
+                slave,
+                master,
+                dev_id,
+            } => {
+                write!(
+                    f,
+                    "[slave] removed {slave} from {master} (dev_id {dev_id:#x})"
+                )
+            }
+            Self::SlaveMoved {
+                slave,
+                master,
+                netns,
+            } => {
+                write!(f, "[slave] {slave}@{master} now in netns {netns}")
+            }
+            Self::AddrLearned {
+                slave,
+                master,
+                addr,
+            } => {
+                write!(f, "[addr] learned {addr} on {slave}@{master}")
+            }
+            Self::AddrForgotten {
+                slave,
+                master,
+                addr,
+            } => {
+                write!(f, "[addr] forgot {addr} on {slave}@{master}")
+            }
+            Self::AddrRefused {
+                slave,
+                master,
+                addr,
+                owner,
+            } => write!(
+                f,
+                "[addr] refused {addr} on {slave}@{master}: Address already assigned to an ipvlan device ({owner})"
+            ),
+            Self::ModeChanged {
+                master,
+                mode,
+                flags,
+            } => {
+                write!(
+                    f,
+                    "[port] {master} now mode {} {}",
+                    mode.as_str(),
+                    flags.as_str()
+                )
+            }
+            Self::MasterUp { master } => write!(f, "[port] master {master} up"),
+            Self::MasterDown { master } => write!(f, "[port] master {master} down"),
+        }
+    }
 }
 
 /// How a request ended, with iproute2's exit statuses.

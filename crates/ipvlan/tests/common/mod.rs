@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -251,6 +250,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// The daemon's stderr.
     pub log: PathBuf,
+    /// Where it serves Prometheus metrics (a Unix socket).
+    pub metrics: PathBuf,
     dir: PathBuf,
 }
 
@@ -266,20 +267,12 @@ impl Daemon {
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-daemon.log"));
         let log_file = File::create(&log).expect("create daemon log");
         let mut cmd = Command::new(BIN);
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // prctl(2), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The daemon dies with the test thread that started it, even if the test
-                // process is killed before `Drop` runs.
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
         let child = cmd
             .arg("daemon")
             .arg("--socket")
             .arg(&socket)
+            .arg("--metrics")
+            .arg(dir.join("metrics.sock"))
             .env("IPVLAN_SOCKET", &socket)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -291,6 +284,7 @@ impl Daemon {
             child: Some(child),
             socket,
             log,
+            metrics: dir.join("metrics.sock"),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -313,6 +307,20 @@ impl Daemon {
             thread::sleep(Duration::from_millis(20));
         }
         d
+    }
+
+    /// One scrape of the metrics endpoint (the body, without the HTTP head).
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.metrics)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.metrics.display()));
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .expect("send request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read metrics");
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.0 200"), "metrics answered {head}");
+        body.to_string()
     }
 
     /// The daemon's log so far.
