@@ -200,7 +200,8 @@ impl Switch {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!("recv on ifindex {}: {e}", sock.ifindex());
+                    // ENETDOWN while a device is down is expected; the socket stays bound.
+                    tracing::debug!("recv on ifindex {}: {e}", sock.ifindex());
                     return false;
                 }
             };

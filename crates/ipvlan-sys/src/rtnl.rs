@@ -95,6 +95,10 @@ pub struct Link {
     /// `IFLA_MASTER`: the bridge or bond this device is a port of.
     pub controller: Option<u32>,
     pub alias: Option<String>,
+    /// In a `RTM_DELLINK` for a move: the namespace id (in the old namespace) and the
+    /// ifindex the link has there now.
+    pub new_netnsid: Option<i32>,
+    pub new_ifindex: Option<u32>,
     pub operstate: &'static str,
     pub promiscuity: u32,
     pub stats: Option<LinkStats>,
@@ -161,6 +165,8 @@ pub struct LinkChange {
     pub name: Option<String>,
     /// IPv6 address generation: `Some(false)` = none (no link-local), `Some(true)` = eui64.
     pub ipv6_autoconf: Option<bool>,
+    /// Move the link into this namespace (a descriptor, `IFLA_NET_NS_FD`).
+    pub netns_fd: Option<RawFd>,
 }
 
 /// A veth pair to create.
@@ -171,6 +177,8 @@ pub struct VethSpec<'a> {
     pub mtu: u32,
     pub peer_name: &'a str,
     pub peer_mtu: u32,
+    /// Create the peer in this namespace (a descriptor) instead of the request's own.
+    pub peer_netns_fd: Option<RawFd>,
 }
 
 /// A request socket.
@@ -206,6 +214,8 @@ fn parse_link(msg: LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(i) => l.link_netnsid = Some(i),
             LinkAttribute::Controller(i) => l.controller = Some(i),
             LinkAttribute::IfAlias(s) => l.alias = Some(s),
+            LinkAttribute::NewNetnsId(i) => l.new_netnsid = Some(i),
+            LinkAttribute::NewIfIndex(i) => l.new_ifindex = u32::try_from(i).ok(),
             LinkAttribute::Promiscuity(p) => l.promiscuity = p,
             LinkAttribute::OperState(s) => {
                 l.operstate = match s {
@@ -447,6 +457,9 @@ impl Rtnl {
             LinkAttribute::IfName(spec.peer_name.to_string()),
             LinkAttribute::Mtu(spec.peer_mtu),
         ];
+        if let Some(fd) = spec.peer_netns_fd {
+            peer.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
         let mut m = LinkMessage::default();
         m.attributes = vec![
             LinkAttribute::IfName(spec.name.to_string()),
@@ -475,6 +488,9 @@ impl Rtnl {
         }
         if let Some(name) = &c.name {
             m.attributes.push(LinkAttribute::IfName(name.clone()));
+        }
+        if let Some(fd) = c.netns_fd {
+            m.attributes.push(LinkAttribute::NetNsFd(fd));
         }
         if let Some(auto) = c.ipv6_autoconf {
             let mode = if auto {

@@ -110,6 +110,7 @@ struct PortRec {
     guard: String,
     /// The master was up with carrier at the last look.
     master_running: bool,
+    master_mtu: u32,
 }
 
 /// A master namespace the daemon watches.
@@ -612,6 +613,7 @@ impl Daemon {
             peer_name: &host_name,
             // The host end carries whatever the slave sends (the driver has no TX MTU check).
             peer_mtu: 65535,
+            peer_netns_fd: None,
         }) {
             undo(self);
             return Err(e.into());
@@ -720,6 +722,7 @@ impl Daemon {
             backend,
             guard: String::new(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
+            master_mtu: m.mtu,
         });
         Ok(self.ports.len() - 1)
     }
@@ -758,9 +761,13 @@ impl Daemon {
             tracing::warn!("removing the guard of {}: {e}", p.master_name);
         }
         drop(p.backend);
-        if !self.ports.iter().any(|q| q.ns == p.ns)
-            && let Some(w) = self.watched.remove(&p.ns)
-        {
+        if !self.ports.iter().any(|q| q.ns == p.ns) {
+            self.unwatch(p.ns);
+        }
+    }
+
+    fn unwatch(&mut self, key: NsKey) {
+        if let Some(w) = self.watched.remove(&key) {
             let _ = self
                 .poll
                 .registry()
@@ -1094,7 +1101,6 @@ impl Daemon {
         let Some(rec) = p.slaves.get_mut(&id) else {
             return;
         };
-        let _was_up = rec.flags & IFF_UP != 0;
         rec.flags = link.flags;
         rec.name = link.name.clone();
         let up = link.is_up();
@@ -1104,6 +1110,19 @@ impl Daemon {
         }
         if up {
             self.ensure_link_local(pi, id);
+        }
+        let master_mac = self.ports[pi].port.master_mac();
+        if link.mac.is_some_and(|m| m != master_mac) {
+            // The kernel refuses this (EOPNOTSUPP): a slave carries the master's MAC.
+            tracing::warn!(
+                "{}: MAC changed from inside its namespace; restored the master's (Operation not supported)",
+                link.name
+            );
+            let change = LinkChange {
+                mac: Some(master_mac),
+                ..Default::default()
+            };
+            self.change_slave(pi, id, &change, "restoring a slave's MAC");
         }
     }
 
@@ -1255,6 +1274,7 @@ impl Daemon {
                     return false;
                 }
                 if nsid.is_none() {
+                    self.on_master_gone(key, &l);
                     let hit = self
                         .ports
                         .iter()
@@ -1322,32 +1342,196 @@ impl Daemon {
         }
     }
 
-    /// The master changed: follow its name and MAC (spec §7.1).
+    /// The master changed: slaves follow its name, MAC (spec §7.1), MTU (§7.2) and
+    /// carrier (§7.4: the host ends go down with it, so the slaves lose carrier).
     fn on_master_link(&mut self, key: NsKey, l: &Link) {
-        for pi in 0..self.ports.len() {
-            let p = &mut self.ports[pi];
-            if p.ns != key || p.master_index != l.index {
-                continue;
-            }
-            if !l.name.is_empty() && p.master_name != l.name {
-                p.master_name = l.name.clone();
-            }
-            if let Some(mac) = l.mac
-                && mac != p.port.master_mac()
-            {
-                p.port.set_master_mac(mac);
-            }
-            let running = l.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP;
-            if running != p.master_running {
-                p.master_running = running;
-                let master = p.master_name.clone();
-                self.notify(if running {
-                    Notice::MasterUp { master }
-                } else {
-                    Notice::MasterDown { master }
-                });
+        let Some(pi) = self
+            .ports
+            .iter()
+            .position(|p| p.ns == key && p.master_index == l.index)
+        else {
+            return;
+        };
+        let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+        let p = &mut self.ports[pi];
+        if !l.name.is_empty() && p.master_name != l.name {
+            p.master_name = l.name.clone();
+        }
+        if let Some(mac) = l.mac
+            && mac != p.port.master_mac()
+        {
+            p.port.set_master_mac(mac);
+            let change = LinkChange {
+                mac: Some(mac),
+                ..Default::default()
+            };
+            for &id in &ids {
+                self.change_slave(pi, id, &change, "following the master's MAC");
             }
         }
+        let p = &mut self.ports[pi];
+        if l.mtu != 0 && l.mtu != p.master_mtu {
+            p.master_mtu = l.mtu;
+            let change = LinkChange {
+                mtu: Some(l.mtu),
+                ..Default::default()
+            };
+            for &id in &ids {
+                self.change_slave(pi, id, &change, "following the master's MTU");
+            }
+        }
+        let p = &mut self.ports[pi];
+        let running = l.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP;
+        if running != p.master_running {
+            p.master_running = running;
+            let master = p.master_name.clone();
+            let hosts: Vec<u32> = p.slaves.values().map(|s| s.host_index).collect();
+            if let Some(w) = self.watched.get_mut(&key) {
+                let change = LinkChange {
+                    flags_set: if running { IFF_UP } else { 0 },
+                    flags_clear: if running { 0 } else { IFF_UP },
+                    ..Default::default()
+                };
+                for h in hosts {
+                    if let Err(e) = w.rtnl.set_link(h, &change) {
+                        tracing::warn!("carrier of a host end: {e}");
+                    }
+                }
+            }
+            self.notify(if running {
+                Notice::MasterUp { master }
+            } else {
+                Notice::MasterDown { master }
+            });
+        }
+    }
+
+    fn change_slave(&mut self, pi: usize, id: SlaveId, change: &LinkChange, why: &str) {
+        if let Some((_, Err(e))) =
+            self.with_slave_rtnl(pi, id, |rt, index| rt.set_link(index, change))
+        {
+            tracing::warn!("{why}: {e}");
+        }
+    }
+
+    /// The master left its namespace: deleted (its slaves go with it, spec §7.5) or
+    /// moved (the port follows it: host ends, sockets, guard).
+    fn on_master_gone(&mut self, key: NsKey, l: &Link) {
+        let Some(pi) = self
+            .ports
+            .iter()
+            .position(|p| p.ns == key && p.master_index == l.index)
+        else {
+            return;
+        };
+        match (l.new_netnsid, l.new_ifindex) {
+            (Some(nsid), Some(index)) => {
+                if let Err(e) = self.follow_master(pi, nsid, index) {
+                    tracing::error!(
+                        "following master {} to another namespace: {}",
+                        l.name,
+                        e.msg
+                    );
+                }
+            }
+            _ => {
+                tracing::info!("master {} deleted: removing its slaves", l.name);
+                let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+                let master = self.ports[pi].master_index;
+                for id in ids {
+                    if let Some(pi) = self
+                        .ports
+                        .iter()
+                        .position(|p| p.ns == key && p.master_index == master)
+                    {
+                        self.remove_slave(pi, id, true);
+                    }
+                }
+            }
+        }
+    }
+
+    fn follow_master(&mut self, pi: usize, nsid: i32, index: u32) -> Result<(), Fail> {
+        let old = self.ports[pi].ns;
+        let new_ns = self
+            .ns_of(old, Some(nsid))
+            .ok_or_else(|| refused("cannot find the master's new namespace"))?;
+        let hosts: Vec<(SlaveId, u32, String)> = self.ports[pi]
+            .slaves
+            .iter()
+            .map(|(&id, s)| (id, s.host_index, s.host_name.clone()))
+            .collect();
+        {
+            let w = self
+                .watched
+                .get_mut(&old)
+                .expect("port namespace is watched");
+            for (_, h, _) in &hosts {
+                w.rtnl.set_link(
+                    *h,
+                    &LinkChange {
+                        netns_fd: Some(new_ns.as_raw_fd()),
+                        ..Default::default()
+                    },
+                )?;
+            }
+            let _ = nft::apply(&w.ns, &guard::teardown(self.ports[pi].master_index));
+        }
+        self.watch(&new_ns)?;
+        let w = self.watched.get_mut(&new_ns.key()).expect("just watched");
+        let master = w
+            .rtnl
+            .link_by_index(index)?
+            .ok_or_else(|| refused("the moved master vanished"))?;
+        let master_sock = w.ns.run(|| PacketSocket::open(index))??;
+        let mut found = Vec::new();
+        for (id, _, name) in &hosts {
+            let host = w
+                .rtnl
+                .link_by_name(name)?
+                .ok_or_else(|| refused(format!("host end {name} vanished")))?;
+            w.rtnl.set_link(
+                host.index,
+                &LinkChange {
+                    flags_set: IFF_UP,
+                    ..Default::default()
+                },
+            )?;
+            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            found.push((*id, host.index, sock));
+        }
+        let p = &mut self.ports[pi];
+        p.backend = UserBackend::start(
+            master_sock,
+            Plan {
+                snap: p.port.snapshot(),
+                slaves: vec![],
+            },
+        )?;
+        p.ns = new_ns.key();
+        p.master_index = index;
+        p.master_name = master.name.clone();
+        p.guard.clear();
+        for (id, h, sock) in found {
+            if let Some(rec) = p.slaves.get_mut(&id) {
+                rec.host_index = h;
+                rec.sock = Arc::new(sock);
+                rec.loc = None;
+            }
+        }
+        for (id, _, _) in &hosts {
+            self.relocate(pi, *id);
+        }
+        if !self.ports.iter().any(|q| q.ns == old) {
+            self.unwatch(old);
+        }
+        tracing::info!(
+            "port of {} followed its master to {}",
+            master.name,
+            new_ns.key()
+        );
+        self.publish(pi);
+        Ok(())
     }
 
     /// Tells every `ipvlan monitor` (and the log) about a change. A subscriber that
