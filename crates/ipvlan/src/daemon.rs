@@ -532,10 +532,14 @@ impl Daemon {
             (m, taken)
         };
         let m = m.ok_or_else(|| usage(format!("Cannot find device \"{master}\"")))?;
-        if self.find_slave(caller, m.index)?.is_some() {
+        if taken {
             return Err(refused(format!(
-                "Error: \"{master}\" is itself an ipvlan-rs slave; nesting slaves is not supported yet: use its master."
+                "Error: a device named \"{name}\" already exists (RTNETLINK answers: File exists)."
             )));
+        }
+        // A slave as master: the new slave joins that slave's port (spec §1.3 step 2).
+        if let Some((pi, _)) = self.find_slave(caller, m.index)? {
+            return self.add_to_port(pi, caller, name, mtu, mode, flags);
         }
         if m.alias
             .as_deref()
@@ -561,13 +565,6 @@ impl Daemon {
                 "Error: master \"{master}\" is already in use as a port of another device (RTNETLINK answers: Device or resource busy)."
             )));
         }
-        if taken {
-            return Err(refused(format!(
-                "Error: a device named \"{name}\" already exists (RTNETLINK answers: File exists)."
-            )));
-        }
-        let mac = m.mac.expect("checked above");
-
         let pi = match self
             .ports
             .iter()
@@ -576,46 +573,60 @@ impl Daemon {
             Some(pi) => pi,
             None => self.new_port(caller, &m)?,
         };
-        let result = self.add_to_port(pi, caller, &m, name, mtu, mode, flags, mac);
+        let result = self.add_to_port(pi, caller, name, mtu, mode, flags);
         if result.is_err() && self.ports[pi].slaves.is_empty() {
             self.destroy_port(pi);
         }
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Creates slave `name` in the caller's namespace, its host end beside the master.
     fn add_to_port(
         &mut self,
         pi: usize,
         caller: &NetNs,
-        m: &Link,
         name: &str,
         mtu: Option<u32>,
         mode: Option<Mode>,
         flags: Option<Flags>,
-        mac: MacAddr,
     ) -> Result<(), Fail> {
         let id = self.ports[pi].port.add_slave().map_err(|e| {
             refused(format!(
                 "Error: {e} (RTNETLINK answers: No space left on device)"
             ))
         })?;
-        let host_name = host_end_name(m.index, id.0);
-        let undo = |d: &mut Self| d.ports[pi].port.remove_slave(id);
+        let p = &self.ports[pi];
+        let (pns, master_name, master_index) = (p.ns, p.master_name.clone(), p.master_index);
+        let spec_mac = p.port.master_mac();
+        let spec_mtu = mtu.unwrap_or(p.master_mtu);
+        let host_name = host_end_name(master_index, id.0);
+        let here = caller.key() == pns;
         let w = self
             .watched
-            .get_mut(&caller.key())
+            .get_mut(&pns)
             .expect("port namespace is watched");
-        if let Err(e) = w.rtnl.create_veth(&VethSpec {
+        // Elsewhere (a nested slave): created in the caller's namespace, peer sent home.
+        let mut own = if here {
+            None
+        } else {
+            Some(Rtnl::in_ns(caller)?)
+        };
+        let nsid = if here { None } else { w.rtnl.nsid_of(caller)? };
+        let spec = VethSpec {
             name,
-            mac,
-            mtu: mtu.unwrap_or(m.mtu),
+            mac: spec_mac,
+            mtu: spec_mtu,
             peer_name: &host_name,
             // The host end carries whatever the slave sends (the driver has no TX MTU check).
             peer_mtu: 65535,
-            peer_netns_fd: None,
-        }) {
-            undo(self);
+            peer_netns_fd: (!here).then(|| w.ns.as_raw_fd()),
+        };
+        let created = match own.as_mut() {
+            Some(rt) => rt.create_veth(&spec),
+            None => w.rtnl.create_veth(&spec),
+        };
+        if let Err(e) = created {
+            self.ports[pi].port.remove_slave(id);
             return Err(e.into());
         }
         let made = (|| -> Result<(Link, Link, PacketSocket), Fail> {
@@ -623,17 +634,26 @@ impl Daemon {
                 .rtnl
                 .link_by_name(&host_name)?
                 .ok_or_else(|| refused("Error: the new host end vanished"))?;
-            let slave = w
-                .rtnl
+            let slave_rt = own.as_mut().unwrap_or(&mut w.rtnl);
+            let slave = slave_rt
                 .link_by_name(name)?
                 .ok_or_else(|| refused("Error: the new slave vanished"))?;
+            // The kernel would derive the link-local from the dev_id; the daemon adds
+            // that address itself when the slave comes up (see `ensure_link_local`).
+            slave_rt.set_link(
+                slave.index,
+                &LinkChange {
+                    ipv6_autoconf: Some(false),
+                    ..Default::default()
+                },
+            )?;
             w.rtnl.set_link(
                 host.index,
                 &LinkChange {
                     flags_set: IFF_NOARP,
                     alias: Some(format!(
-                        "{ALIAS_PREFIX} host end of {name} (master {}, dev_id {})",
-                        m.name, id.0
+                        "{ALIAS_PREFIX} host end of {name} (master {master_name}, dev_id {})",
+                        id.0
                     )),
                     ipv6_autoconf: Some(false),
                     ..Default::default()
@@ -646,15 +666,6 @@ impl Daemon {
                     ..Default::default()
                 },
             )?;
-            // The kernel would derive the link-local from the dev_id; the daemon adds
-            // that address itself when the slave comes up (see `ensure_link_local`).
-            w.rtnl.set_link(
-                slave.index,
-                &LinkChange {
-                    ipv6_autoconf: Some(false),
-                    ..Default::default()
-                },
-            )?;
             let sock = w.ns.run(|| PacketSocket::open(host.index))??;
             Ok((host, slave, sock))
         })();
@@ -664,7 +675,7 @@ impl Daemon {
                 if let Ok(Some(h)) = w.rtnl.link_by_name(&host_name) {
                     let _ = w.rtnl.del_link(h.index);
                 }
-                undo(self);
+                self.ports[pi].port.remove_slave(id);
                 return Err(e);
             }
         };
@@ -677,7 +688,7 @@ impl Daemon {
                 sock: Arc::new(sock),
                 counters: Arc::new(SlaveCounters::default()),
                 loc: Some(Loc {
-                    nsid: None,
+                    nsid,
                     index: slave.index,
                 }),
                 name: name.to_string(),
@@ -694,7 +705,7 @@ impl Daemon {
         self.publish(pi);
         self.notify(Notice::SlaveAdded {
             slave: name.to_string(),
-            master: m.name.clone(),
+            master: master_name,
             dev_id: id.0,
         });
         self.notify_mode(pi, old_mode, old_flags);
