@@ -11,6 +11,7 @@
 
 pub mod arp;
 pub mod ethernet;
+pub mod gso;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
