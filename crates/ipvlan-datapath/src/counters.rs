@@ -17,6 +17,9 @@ pub enum DropKind {
     Malformed,
     /// A destination the user backend cannot reach (the master's own stack, §9.1).
     NoPath,
+    /// L3/L3S egress the master's namespace could not route or send (the driver's
+    /// `tx_errors`, spec §4.2).
+    NoRoute,
     /// L3 mode refuses multicast and broadcast, and non-IP frames (§4.2).
     L3Filtered,
     /// A socket buffer was full.
@@ -32,6 +35,7 @@ impl DropKind {
             Self::Private => "private",
             Self::Malformed => "malformed",
             Self::NoPath => "no_path",
+            Self::NoRoute => "no_route",
             Self::L3Filtered => "l3_filtered",
             Self::QueueFull => "queue_full",
             Self::Other => "other",
@@ -39,10 +43,11 @@ impl DropKind {
     }
 }
 
-pub const DROP_KINDS: [DropKind; 6] = [
+pub const DROP_KINDS: [DropKind; 7] = [
     DropKind::Private,
     DropKind::Malformed,
     DropKind::NoPath,
+    DropKind::NoRoute,
     DropKind::L3Filtered,
     DropKind::QueueFull,
     DropKind::Other,

@@ -18,6 +18,10 @@ use ipvlan_sys::packet::PacketSocket;
 
 pub use counters::{Counters, DropKind, SlaveCounters};
 
+/// The packet mark (`SO_MARK`) on L3/L3S egress sent through the master's namespace, so
+/// that rules there can tell it from the namespace's own traffic.
+pub const EGRESS_MARK: u32 = 0x1a5a_0002;
+
 /// One slave as a backend sees it.
 #[derive(Debug, Clone)]
 pub struct PlanSlave {

@@ -15,8 +15,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ipvlan_core::wire::gso;
+use ipvlan_core::wire::vnet::VnetHdr;
 use ipvlan_core::{Decision, DropReason, Ingress, SlaveId, decide};
 use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
+use ipvlan_sys::raw::RawSender;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -49,8 +52,9 @@ pub struct UserBackend {
 }
 
 impl UserBackend {
-    /// Starts switching for a port whose master socket is `master`.
-    pub fn start(master: PacketSocket, plan: Plan) -> io::Result<Self> {
+    /// Starts switching for a port whose master socket is `master`; `raw` carries the
+    /// L3/L3S egress (routed in the master's namespace).
+    pub fn start(master: PacketSocket, raw: Option<RawSender>, plan: Plan) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let plan = Arc::new(ArcSwap::from_pointee(plan));
@@ -58,16 +62,20 @@ impl UserBackend {
         let master_counters = Arc::new(MasterCounters::default());
         let mut sw = Switch {
             poll,
-            master,
+            io: Io {
+                master,
+                raw,
+                master_counters: master_counters.clone(),
+            },
             plan: plan.clone(),
             current: plan.load_full(),
             registered: Vec::new(),
             stop: stop.clone(),
             buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
-            master_counters: master_counters.clone(),
+            scratch: vec![0u8; gso::SCRATCH_LEN].into_boxed_slice(),
         };
         sw.poll.registry().register(
-            &mut SourceFd(&sw.master.as_raw_fd()),
+            &mut SourceFd(&sw.io.master.as_raw_fd()),
             MASTER,
             Interest::READABLE,
         )?;
@@ -103,13 +111,22 @@ impl std::ops::Drop for UserBackend {
 
 struct Switch {
     poll: Poll,
-    master: PacketSocket,
+    io: Io,
     plan: Arc<ArcSwap<Plan>>,
     current: Arc<Plan>,
     /// Slaves whose sockets are registered with `poll`.
     registered: Vec<PlanSlave>,
     stop: Arc<AtomicBool>,
+    /// The frame being switched.
     buf: Box<[u8]>,
+    /// Where super-frames are cut into packets for the raw sockets.
+    scratch: Box<[u8]>,
+}
+
+/// Where frames go out, apart from the slaves' own sockets.
+struct Io {
+    master: PacketSocket,
+    raw: Option<RawSender>,
     master_counters: Arc<MasterCounters>,
 }
 
@@ -192,7 +209,7 @@ impl Switch {
         };
         for _ in 0..BATCH {
             let sock = match idx {
-                None => &self.master,
+                None => &self.io.master,
                 Some(i) => &*plan.slaves[i].sock,
             };
             let n = match sock.recv(&mut self.buf) {
@@ -205,13 +222,22 @@ impl Switch {
                     return false;
                 }
             };
-            self.switch(&plan, ingress, idx, n);
+            self.io
+                .switch(&plan, ingress, idx, &self.buf[..n], &mut self.scratch);
         }
         true
     }
+}
 
-    fn switch(&self, plan: &Plan, ingress: Ingress, from: Option<usize>, n: usize) {
-        let whole = &self.buf[..n];
+impl Io {
+    fn switch(
+        &self,
+        plan: &Plan,
+        ingress: Ingress,
+        from: Option<usize>,
+        whole: &[u8],
+        scratch: &mut [u8],
+    ) {
         let frame = whole.get(VNET_HDR_LEN..).unwrap_or(&[]);
         let sender = from.map(|i| &*plan.slaves[i].counters);
         if let Some(c) = sender {
@@ -252,7 +278,21 @@ impl Switch {
                     blame(DropKind::QueueFull);
                 }
             }
-            Decision::ToMasterStack | Decision::Route => blame(DropKind::NoPath),
+            Decision::ToMasterStack => blame(DropKind::NoPath),
+            Decision::Route => match (&self.raw, VnetHdr::parse(whole)) {
+                (Some(raw), Ok(hdr)) => {
+                    let mut failed = false;
+                    match gso::segment(frame, &hdr, scratch, |pkt| {
+                        failed |= raw.send(pkt).is_err();
+                    }) {
+                        Ok(_) if failed => blame(DropKind::NoRoute),
+                        Ok(_) => {}
+                        Err(_) => blame(DropKind::Malformed),
+                    }
+                }
+                (None, _) => blame(DropKind::NoPath),
+                (_, Err(_)) => blame(DropKind::Malformed),
+            },
             Decision::Drop(why) => blame(match why {
                 DropReason::Private => DropKind::Private,
                 DropReason::Runt | DropReason::Malformed => DropKind::Malformed,

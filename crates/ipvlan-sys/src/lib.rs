@@ -8,6 +8,7 @@
 pub mod netns;
 pub mod nft;
 pub mod packet;
+pub mod raw;
 pub mod rtnl;
 pub mod unix;
 

@@ -26,9 +26,10 @@ use std::time::Duration;
 use anyhow::Context;
 use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, ip_multicast_mac};
 use ipvlan_datapath::user::UserBackend;
-use ipvlan_datapath::{Plan, PlanSlave, SlaveCounters, guard};
+use ipvlan_datapath::{EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
 use ipvlan_sys::netns::{all_namespaces, named_namespaces};
 use ipvlan_sys::packet::PacketSocket;
+use ipvlan_sys::raw::RawSender;
 use ipvlan_sys::rtnl::{
     Addr, Event, IFF_ALLMULTI, IFF_LOWER_UP, IFF_NOARP, IFF_PROMISC, IFF_UP, Link, LinkChange,
     Monitor, Rtnl, RtnlError, VethSpec,
@@ -716,9 +717,11 @@ impl Daemon {
         self.watch(ns)?;
         let w = &self.watched[&ns.key()];
         let master_sock = w.ns.run(|| PacketSocket::open(m.index))??;
+        let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
         let port = Port::new(m.mac.expect("checked by the caller"));
         let backend = UserBackend::start(
             master_sock,
+            Some(raw),
             Plan {
                 snap: port.snapshot(),
                 slaves: vec![],
@@ -1495,6 +1498,7 @@ impl Daemon {
             .link_by_index(index)?
             .ok_or_else(|| refused("the moved master vanished"))?;
         let master_sock = w.ns.run(|| PacketSocket::open(index))??;
+        let raw = w.ns.run(|| RawSender::open(index, EGRESS_MARK))??;
         let mut found = Vec::new();
         for (id, _, name) in &hosts {
             let host = w
@@ -1514,6 +1518,7 @@ impl Daemon {
         let p = &mut self.ports[pi];
         p.backend = UserBackend::start(
             master_sock,
+            Some(raw),
             Plan {
                 snap: p.port.snapshot(),
                 slaves: vec![],
