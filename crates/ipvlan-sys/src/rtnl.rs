@@ -21,6 +21,8 @@ use netlink_packet_route::link::{
     LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recv, recvmsg};
@@ -567,6 +569,48 @@ impl Rtnl {
             }
         }
         Ok(out)
+    }
+
+    /// `ip [-6] rule add fwmark MARK lookup TABLE pref PREF` (`add`), or its removal.
+    pub fn fwmark_rule(&mut self, add: bool, v6: bool, mark: u32, table: u32, pref: u32) -> Result<()> {
+        let mut m = RuleMessage::default();
+        m.header.family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.header.action = RuleAction::ToTable;
+        m.attributes = vec![
+            RuleAttribute::FwMark(mark),
+            RuleAttribute::FwMask(u32::MAX),
+            RuleAttribute::Table(table),
+            RuleAttribute::Priority(pref),
+        ];
+        if add {
+            self.ack(RouteNetlinkMessage::NewRule(m), NLM_F_CREATE | NLM_F_EXCL)
+        } else {
+            self.ack(RouteNetlinkMessage::DelRule(m), 0)
+        }
+    }
+
+    /// `ip [-6] route add local default dev DEV table TABLE` (`add`), or its removal:
+    /// everything looked up in TABLE is delivered locally.
+    pub fn local_default_route(&mut self, add: bool, v6: bool, table: u32, dev: u32) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.header.kind = RouteType::Local;
+        m.header.scope = RouteScope::Host;
+        m.header.protocol = RouteProtocol::Static;
+        m.attributes = vec![RouteAttribute::Table(table), RouteAttribute::Oif(dev)];
+        if add {
+            self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+        } else {
+            self.ack(RouteNetlinkMessage::DelRoute(m), 0)
+        }
     }
 
     /// The id this namespace gives to `ns` (`RTM_GETNSID`), if it has one.
