@@ -14,6 +14,7 @@ pub mod user;
 use std::sync::Arc;
 
 use ipvlan_core::{PortSnapshot, SlaveId};
+use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::PacketSocket;
 
 pub use counters::{Counters, DropKind, SlaveCounters};
@@ -37,6 +38,9 @@ pub struct PlanSlave {
 pub struct Plan {
     pub snap: PortSnapshot,
     pub slaves: Vec<PlanSlave>,
+    /// In L3S: the queue where slave-bound packets arrive after the master
+    /// namespace's PREROUTING and INPUT (see [`guard`]).
+    pub queue: Option<Arc<NfQueue>>,
 }
 
 impl Plan {

@@ -8,6 +8,7 @@
 //! cannot starve the others.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 use ipvlan_core::wire::gso;
 use ipvlan_core::wire::vnet::VnetHdr;
 use ipvlan_core::{Decision, DropReason, Ingress, SlaveId, decide};
+use ipvlan_sys::nfqueue::{NfQueue, QueuedPacket, Verdict};
 use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
 use ipvlan_sys::raw::RawSender;
 use mio::unix::SourceFd;
@@ -28,6 +30,7 @@ use crate::{Plan, PlanSlave};
 
 const WAKER: Token = Token(0);
 const MASTER: Token = Token(1);
+const QUEUE: Token = Token(usize::MAX);
 /// Frames read from one socket before the next socket gets its turn.
 const BATCH: usize = 64;
 
@@ -70,6 +73,7 @@ impl UserBackend {
             plan: plan.clone(),
             current: plan.load_full(),
             registered: Vec::new(),
+            queue: None,
             stop: stop.clone(),
             buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
             scratch: vec![0u8; gso::SCRATCH_LEN].into_boxed_slice(),
@@ -116,6 +120,8 @@ struct Switch {
     current: Arc<Plan>,
     /// Slaves whose sockets are registered with `poll`.
     registered: Vec<PlanSlave>,
+    /// The L3S queue registered with `poll`, if any.
+    queue: Option<Arc<NfQueue>>,
     stop: Arc<AtomicBool>,
     /// The frame being switched.
     buf: Box<[u8]>,
@@ -131,9 +137,30 @@ struct Io {
 }
 
 impl Switch {
-    /// Registers new slaves' sockets and deregisters the removed ones.
+    /// Registers new slaves' sockets (and the L3S queue) and deregisters removed ones.
     fn reconcile(&mut self) -> io::Result<()> {
         let plan = self.current.clone();
+        let same_queue = match (&self.queue, &plan.queue) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_queue {
+            if let Some(old) = self.queue.take() {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&old.as_raw_fd()));
+            }
+            if let Some(q) = &plan.queue {
+                self.poll.registry().register(
+                    &mut SourceFd(&q.as_raw_fd()),
+                    QUEUE,
+                    Interest::READABLE,
+                )?;
+                self.queue = Some(q.clone());
+            }
+        }
         self.registered.retain(|old| {
             let keep = plan
                 .slaves
@@ -198,6 +225,9 @@ impl Switch {
     /// Serves up to [`BATCH`] frames from one socket; false once it is empty or gone.
     fn serve(&mut self, token: Token) -> bool {
         let plan = self.current.clone();
+        if token == QUEUE {
+            return self.serve_queue(&plan);
+        }
         let (ingress, idx) = if token == MASTER {
             (Ingress::Master, None)
         } else {
@@ -229,7 +259,86 @@ impl Switch {
     }
 }
 
+impl Switch {
+    /// L3S ingress: packets for slaves that crossed the master namespace's PREROUTING
+    /// and INPUT. Each is delivered to its slave; the verdict lets the master's stack
+    /// finish with it (conntrack confirms the flow there; see `guard`).
+    fn serve_queue(&mut self, plan: &Plan) -> bool {
+        let Some(q) = self.queue.clone() else {
+            return false;
+        };
+        for _ in 0..BATCH {
+            let packets = match q.recv(&mut self.buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            for p in packets.flatten() {
+                self.io.deliver_queued(plan, &p, &mut self.scratch);
+                let _ = q.verdict(p.id, Verdict::Accept);
+            }
+        }
+        true
+    }
+}
+
 impl Io {
+    fn deliver_queued(&self, plan: &Plan, p: &QueuedPacket<'_>, scratch: &mut [u8]) {
+        let ip = p.payload;
+        let (dst, ethertype, l4_off, proto) = match ip.first().map(|b| b >> 4) {
+            Some(4) if ip.len() >= 20 => {
+                let d: [u8; 4] = ip[16..20].try_into().expect("length checked");
+                (
+                    IpAddr::from(d),
+                    0x0800u16,
+                    usize::from(ip[0] & 0x0f) * 4,
+                    ip[9],
+                )
+            }
+            Some(6) if ip.len() >= 40 => {
+                let d: [u8; 16] = ip[24..40].try_into().expect("length checked");
+                (IpAddr::from(d), 0x86dd, 40, ip[6])
+            }
+            _ => return,
+        };
+        let Some(i) = plan.snap.table.owner(&dst).and_then(|id| plan.position(id)) else {
+            return;
+        };
+        let to = &plan.slaves[i];
+        let len = VNET_HDR_LEN + 14 + ip.len();
+        if len > scratch.len() {
+            to.counters.dropped(DropKind::Malformed);
+            return;
+        }
+        let mut hdr = VnetHdr::default();
+        if p.csum_not_ready() {
+            let csum_offset = match proto {
+                6 => 16,
+                17 => 6,
+                _ => 0,
+            };
+            if csum_offset != 0 {
+                hdr.flags = ipvlan_core::wire::vnet::F_NEEDS_CSUM;
+                hdr.csum_start = (14 + l4_off) as u16;
+                hdr.csum_offset = csum_offset;
+            }
+        }
+        if hdr.emit(&mut scratch[..VNET_HDR_LEN]).is_err() {
+            return;
+        }
+        let master = plan.snap.master_mac;
+        let f = &mut scratch[VNET_HDR_LEN..len];
+        f[0..6].copy_from_slice(&master);
+        f[6..12].copy_from_slice(&p.hwaddr.unwrap_or(master));
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[14..].copy_from_slice(ip);
+        match to.sock.send(&scratch[..len]) {
+            Ok(_) => to.counters.rx(len - VNET_HDR_LEN),
+            Err(_) => to.counters.dropped(DropKind::QueueFull),
+        }
+    }
+
     fn switch(
         &self,
         plan: &Plan,

@@ -6,6 +6,7 @@
 //! * [`nft`]: applying an nftables script atomically inside a namespace.
 
 pub mod netns;
+pub mod nfqueue;
 pub mod nft;
 pub mod packet;
 pub mod raw;

@@ -402,7 +402,9 @@ mod root_tests {
         // va in `a`, vb in `b`: the packet can only arrive by leaving through va.
         let a = Ns::new("rawa");
         let b = Ns::new("rawb");
-        a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.0]);
+        a.ip(&[
+            "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.0,
+        ]);
         a.ip(&["addr", "add", "10.77.0.1/24", "dev", "va"]);
         b.ip(&["addr", "add", "10.77.0.2/24", "dev", "vb"]);
         a.ip(&["addr", "add", "fd77::1/64", "dev", "va", "nodad"]);
@@ -411,7 +413,11 @@ mod root_tests {
         b.ip(&["link", "set", "vb", "up"]);
         // Our mark is visible to netfilter: drop marked packets to port 9003.
         sh(&[
-            "ip", "netns", "exec", &a.0, "nft",
+            "ip",
+            "netns",
+            "exec",
+            &a.0,
+            "nft",
             "add table ip t; \
              add chain ip t o { type filter hook output priority 0; }; \
              add rule ip t o meta mark 0x1234 udp dport 9003 drop",

@@ -21,7 +21,9 @@ use netlink_packet_route::link::{
     LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
-use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -572,7 +574,14 @@ impl Rtnl {
     }
 
     /// `ip [-6] rule add fwmark MARK lookup TABLE pref PREF` (`add`), or its removal.
-    pub fn fwmark_rule(&mut self, add: bool, v6: bool, mark: u32, table: u32, pref: u32) -> Result<()> {
+    pub fn fwmark_rule(
+        &mut self,
+        add: bool,
+        v6: bool,
+        mark: u32,
+        table: u32,
+        pref: u32,
+    ) -> Result<()> {
         let mut m = RuleMessage::default();
         m.header.family = if v6 {
             AddressFamily::Inet6

@@ -28,6 +28,7 @@ use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, ip_multicast_m
 use ipvlan_datapath::user::UserBackend;
 use ipvlan_datapath::{EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
 use ipvlan_sys::netns::{all_namespaces, named_namespaces};
+use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::PacketSocket;
 use ipvlan_sys::raw::RawSender;
 use ipvlan_sys::rtnl::{
@@ -42,6 +43,8 @@ use ipvlan::proto::{self, Notice, Reply, Request, SlaveView, Status};
 
 const LISTENER: Token = Token(0);
 const METRICS: Token = Token(usize::MAX);
+/// First NFQUEUE number used for L3S ports.
+const L3S_QUEUE_BASE: u16 = 17_000;
 /// The interface alias that marks a host end as ours.
 pub const ALIAS_PREFIX: &str = "ipvlan-rs:";
 
@@ -101,6 +104,12 @@ struct SlaveRec {
     flags: u32,
 }
 
+/// What a port in L3S mode has set up in its master's namespace.
+struct L3s {
+    num: u16,
+    queue: Arc<NfQueue>,
+}
+
 struct PortRec {
     ns: NsKey,
     master_index: u32,
@@ -111,6 +120,8 @@ struct PortRec {
     guard: String,
     /// The master was up with carrier at the last look.
     master_running: bool,
+    /// Present while the port is in L3S mode.
+    l3s: Option<L3s>,
     master_mtu: u32,
 }
 
@@ -575,7 +586,13 @@ impl Daemon {
             None => self.new_port(caller, &m)?,
         };
         let result = self.add_to_port(pi, caller, name, mtu, mode, flags);
-        if result.is_err() && self.ports[pi].slaves.is_empty() {
+        if result.is_err()
+            && let Some(pi) = self
+                .ports
+                .iter()
+                .position(|p| p.ns == caller.key() && p.master_index == m.index)
+            && self.ports[pi].slaves.is_empty()
+        {
             self.destroy_port(pi);
         }
         result
@@ -698,6 +715,14 @@ impl Daemon {
         );
         let (old_mode, old_flags) = (p.port.mode(), p.port.flags());
         let mode_changed = p.port.apply_newlink(mode, flags);
+        if let Err(e) = self.sync_l3s(pi) {
+            // As the kernel does when the L3S hooks cannot be registered: the new
+            // slave is torn down and the port keeps its mode.
+            let p = &mut self.ports[pi];
+            p.port.apply_changelink(Some(old_mode), Some(old_flags));
+            self.remove_slave(pi, id, true);
+            return Err(e);
+        }
         if mode_changed {
             self.apply_noarp(pi);
         } else {
@@ -725,6 +750,7 @@ impl Daemon {
             Plan {
                 snap: port.snapshot(),
                 slaves: vec![],
+                queue: None,
             },
         )?;
         self.ports.push(PortRec {
@@ -736,6 +762,7 @@ impl Daemon {
             backend,
             guard: String::new(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
+            l3s: None,
             master_mtu: m.mtu,
         });
         Ok(self.ports.len() - 1)
@@ -768,6 +795,7 @@ impl Daemon {
     }
 
     fn destroy_port(&mut self, pi: usize) {
+        self.leave_l3s(pi);
         let p = self.ports.remove(pi);
         if let Some(w) = self.watched.get(&p.ns)
             && let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index))
@@ -868,7 +896,14 @@ impl Daemon {
     ) -> Result<(), Fail> {
         let (pi, _) = self.resolve_dev(caller, dev)?;
         let (old_mode, old_flags) = (self.ports[pi].port.mode(), self.ports[pi].port.flags());
-        if self.ports[pi].port.apply_changelink(mode, flags) {
+        let changed = self.ports[pi].port.apply_changelink(mode, flags);
+        if let Err(e) = self.sync_l3s(pi) {
+            self.ports[pi]
+                .port
+                .apply_changelink(Some(old_mode), Some(old_flags));
+            return Err(e);
+        }
+        if changed {
             self.apply_noarp(pi);
         }
         self.publish(pi);
@@ -1466,6 +1501,7 @@ impl Daemon {
     }
 
     fn follow_master(&mut self, pi: usize, nsid: i32, index: u32) -> Result<(), Fail> {
+        self.leave_l3s(pi);
         let old = self.ports[pi].ns;
         let new_ns = self
             .ns_of(old, Some(nsid))
@@ -1522,6 +1558,7 @@ impl Daemon {
             Plan {
                 snap: p.port.snapshot(),
                 slaves: vec![],
+                queue: None,
             },
         )?;
         p.ns = new_ns.key();
@@ -1546,8 +1583,132 @@ impl Daemon {
             master.name,
             new_ns.key()
         );
+        self.sync_l3s(pi)?;
         self.publish(pi);
         Ok(())
+    }
+
+    /// Sets up or removes the L3S plumbing so that it matches the port's mode.
+    fn sync_l3s(&mut self, pi: usize) -> Result<(), Fail> {
+        let want = self.ports[pi].port.mode() == Mode::L3s;
+        match (want, self.ports[pi].l3s.is_some()) {
+            (true, false) => self.enter_l3s(pi),
+            (false, true) => {
+                self.leave_l3s(pi);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn enter_l3s(&mut self, pi: usize) -> Result<(), Fail> {
+        let used: Vec<u16> = self
+            .ports
+            .iter()
+            .filter_map(|p| p.l3s.as_ref().map(|l| l.num))
+            .collect();
+        let num = (L3S_QUEUE_BASE..L3S_QUEUE_BASE + 4096)
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| refused("Error: no free L3S queue number"))?;
+        let key = self.ports[pi].ns;
+        let w = self
+            .watched
+            .get_mut(&key)
+            .expect("port namespace is watched");
+        let mark = guard::l3s_mark(num);
+        let exists = |r: Result<(), RtnlError>| match r {
+            Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => Ok(()),
+            r => r,
+        };
+        let lo = w
+            .rtnl
+            .link_by_name("lo")?
+            .ok_or_else(|| refused("Error: the master's namespace has no lo"))?;
+        let setup = (|| -> Result<NfQueue, Fail> {
+            for v6 in [false, true] {
+                exists(
+                    w.rtnl
+                        .fwmark_rule(true, v6, mark, guard::L3S_TABLE, guard::L3S_RULE_PREF),
+                )?;
+                exists(
+                    w.rtnl
+                        .local_default_route(true, v6, guard::L3S_TABLE, lo.index),
+                )?;
+            }
+            let rule = guard::l3s_queue_rules(num);
+            let (table, rest) = rule.split_at(2);
+            for prog in ["iptables", "ip6tables"] {
+                let mut args: Vec<&str> = table.iter().map(String::as_str).collect();
+                args.push("-A");
+                args.extend(rest.iter().map(String::as_str));
+                nft::xtables(&w.ns, prog, &args).map_err(|e| {
+                    refused(format!(
+                        "Error: mode l3s needs xtables' NFQUEUE target in the master's namespace: {e}"
+                    ))
+                })?;
+            }
+            Ok(w.ns.run(|| NfQueue::open(num))??)
+        })();
+        match setup {
+            Ok(q) => {
+                self.ports[pi].l3s = Some(L3s {
+                    num,
+                    queue: Arc::new(q),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.remove_l3s_plumbing(key, num);
+                Err(e)
+            }
+        }
+    }
+
+    fn leave_l3s(&mut self, pi: usize) {
+        if let Some(l) = self.ports[pi].l3s.take() {
+            let key = self.ports[pi].ns;
+            let table = guard::l3s_table_name(self.ports[pi].master_index);
+            if let Some(w) = self.watched.get(&key) {
+                let _ = nft::apply(
+                    &w.ns,
+                    &format!("table inet {table} {{}}\ndelete table inet {table}\n"),
+                );
+            }
+            self.remove_l3s_plumbing(key, l.num);
+        }
+    }
+
+    /// Removes the rules of queue `num`; the shared local route goes with the last one.
+    fn remove_l3s_plumbing(&mut self, key: NsKey, num: u16) {
+        let others = self
+            .ports
+            .iter()
+            .any(|p| p.ns == key && p.l3s.as_ref().is_some_and(|l| l.num != num));
+        let Some(w) = self.watched.get_mut(&key) else {
+            return;
+        };
+        let rule = guard::l3s_queue_rules(num);
+        let (table, rest) = rule.split_at(2);
+        for prog in ["iptables", "ip6tables"] {
+            let mut args: Vec<&str> = table.iter().map(String::as_str).collect();
+            args.push("-D");
+            args.extend(rest.iter().map(String::as_str));
+            let _ = nft::xtables(&w.ns, prog, &args);
+        }
+        for v6 in [false, true] {
+            let _ = w.rtnl.fwmark_rule(
+                false,
+                v6,
+                guard::l3s_mark(num),
+                guard::L3S_TABLE,
+                guard::L3S_RULE_PREF,
+            );
+            if !others && let Ok(Some(lo)) = w.rtnl.link_by_name("lo") {
+                let _ = w
+                    .rtnl
+                    .local_default_route(false, v6, guard::L3S_TABLE, lo.index);
+            }
+        }
     }
 
     /// Tells every `ipvlan monitor` (and the log) about a change. A subscriber that
@@ -1579,13 +1740,22 @@ impl Daemon {
             .collect();
         let mut addrs: Vec<IpAddr> = snap.table.iter().map(|(ip, _)| ip).collect();
         addrs.sort();
-        p.backend.update(Plan { snap, slaves });
-        let script = guard::ruleset(
+        let queue = p.l3s.as_ref().map(|l| l.queue.clone());
+        p.backend.update(Plan {
+            snap,
+            slaves,
+            queue,
+        });
+        let mut script = guard::ruleset(
             p.master_index,
             &p.master_name,
             p.slaves.values().map(|s| s.host_name.as_str()),
-            addrs,
+            addrs.iter().copied(),
+            p.l3s.is_some(),
         );
+        if let Some(l) = &p.l3s {
+            script += &guard::l3s_ruleset(p.master_index, &p.master_name, l.num, addrs);
+        }
         if script != p.guard
             && let Some(w) = self.watched.get(&p.ns)
         {
