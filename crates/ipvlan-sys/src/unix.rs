@@ -65,3 +65,17 @@ pub fn has_net_admin(pid: i32) -> bool {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 12) != 0)
 }
+
+/// Whether process `pid` is in the caller's user namespace (its capabilities mean the
+/// same thing here).
+pub fn same_user_ns(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    match (
+        ino(&format!("/proc/{pid}/ns/user")),
+        ino("/proc/self/ns/user"),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}

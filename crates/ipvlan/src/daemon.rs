@@ -451,7 +451,13 @@ impl Daemon {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let (pid, uid) = ipvlan_sys::unix::peer_cred(stream)?;
-        if uid != 0 && !ipvlan_sys::unix::has_net_admin(pid) {
+        // Read the request first, so the refusal below reaches a client still writing.
+        let (req, fd) = proto::receive(stream)?;
+        // Root or CAP_NET_ADMIN in the daemon's own user namespace: a root inside an
+        // unprivileged user namespace may not change ports (spec §1.4, C22).
+        if !ipvlan_sys::unix::same_user_ns(pid)
+            || (uid != 0 && !ipvlan_sys::unix::has_net_admin(pid))
+        {
             return proto::send_reply(
                 stream,
                 &Reply {
@@ -464,7 +470,6 @@ impl Daemon {
                 },
             );
         }
-        let (req, fd) = proto::receive(stream)?;
         if let Request::Monitor = req {
             proto::send_reply(
                 stream,
@@ -1310,6 +1315,12 @@ impl Daemon {
             Event::NewLink(l) => {
                 if let Some((pi, id)) = find(self, l.index) {
                     self.on_link(pi, id, &l);
+                } else if let Some(lower) = l.link
+                    && l.link_netnsid.is_none()
+                    && let Some((pi, id)) = find(self, lower)
+                    && l.kind.as_deref().is_some_and(|k| k != "veth")
+                {
+                    self.refuse_upper(pi, id, &l);
                 } else if nsid.is_none() {
                     self.on_master_link(key, &l);
                 }
@@ -1452,6 +1463,26 @@ impl Daemon {
             } else {
                 Notice::MasterDown { master }
             });
+        }
+    }
+
+    /// A VLAN (or macvlan, ...) device made on top of a slave: the kernel's slaves are
+    /// VLAN-challenged and cannot be lower devices (spec §7.3, §7.4), so it is deleted
+    /// again and the refusal logged.
+    fn refuse_upper(&mut self, pi: usize, id: SlaveId, upper: &Link) {
+        let name = self.ports[pi]
+            .slaves
+            .get(&id)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        tracing::warn!(
+            "refused {} device {} on slave {name}: ipvlan slaves cannot carry VLANs or other upper devices (Operation not supported); deleted it",
+            upper.kind.as_deref().unwrap_or("?"),
+            upper.name
+        );
+        let index = upper.index;
+        if let Some((_, Err(e))) = self.with_slave_rtnl(pi, id, |rt, _| rt.del_link(index)) {
+            tracing::warn!("deleting {}: {e}", upper.name);
         }
     }
 
