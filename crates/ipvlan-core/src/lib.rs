@@ -9,6 +9,7 @@
 //! No system calls, no `unsafe`: everything here runs in tests without privileges.
 #![forbid(unsafe_code)]
 
+pub mod compile;
 pub mod decide;
 pub mod port;
 pub mod wire;

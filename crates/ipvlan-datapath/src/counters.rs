@@ -75,6 +75,17 @@ pub struct Counters {
     pub drops: Vec<(DropKind, u64)>,
 }
 
+impl Counters {
+    /// Adds drops counted elsewhere (the kernel backend's program).
+    pub fn add_drops(&mut self, why: DropKind, n: u64) {
+        match self.drops.iter_mut().find(|(d, _)| *d == why) {
+            Some((_, m)) => *m += n,
+            None => self.drops.push((why, n)),
+        }
+        self.tx_dropped += n;
+    }
+}
+
 impl SlaveCounters {
     pub fn rx(&self, bytes: usize) {
         self.rx_packets.fetch_add(1, Relaxed);

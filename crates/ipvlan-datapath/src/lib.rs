@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ipvlan_core::{PortSnapshot, SlaveId};
 use ipvlan_sys::nfqueue::NfQueue;
-use ipvlan_sys::packet::PacketSocket;
+use ipvlan_sys::packet::{Filter, PacketSocket};
 
 pub use counters::{Counters, DropKind, SlaveCounters};
 
@@ -41,6 +41,38 @@ pub struct Plan {
     /// In L3S: the queue where slave-bound packets arrive after the master
     /// namespace's PREROUTING and INPUT (see [`guard`]).
     pub queue: Option<Arc<NfQueue>>,
+    /// The kernel backend switches unicast (see `ipvlan_core::compile`); the sockets
+    /// then only carry what it leaves: fan-out, routed egress, L3S ingress.
+    pub kernel: bool,
+}
+
+/// Which backend switches a port's unicast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// nftables `netdev` `fwd` compiled from the port: the kernel's speed.
+    Kernel,
+    /// The switching thread does everything: the slow path and the reference.
+    User,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::User => "user",
+        }
+    }
+
+    /// What the packet sockets need to see, by mode: the master's only for fan-out
+    /// (and L3's ARP/DAD diversion, §5.3); a host end's also unicast the program
+    /// leaves to userspace (L3/L3S routed egress).
+    pub fn filters(self, mode: ipvlan_core::Mode) -> (Filter, Filter) {
+        match (self, mode) {
+            (Self::User, _) => (Filter::All, Filter::All),
+            (Self::Kernel, ipvlan_core::Mode::L2) => (Filter::MulticastOnly, Filter::MulticastOnly),
+            (Self::Kernel, _) => (Filter::MulticastOnly, Filter::All),
+        }
+    }
 }
 
 impl Plan {

@@ -57,7 +57,11 @@ pub struct UserBackend {
 impl UserBackend {
     /// Starts switching for a port whose master socket is `master`; `raw` carries the
     /// L3/L3S egress (routed in the master's namespace).
-    pub fn start(master: PacketSocket, raw: Option<RawSender>, plan: Plan) -> io::Result<Self> {
+    pub fn start(
+        master: Arc<PacketSocket>,
+        raw: Option<RawSender>,
+        plan: Plan,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let plan = Arc::new(ArcSwap::from_pointee(plan));
@@ -131,7 +135,7 @@ struct Switch {
 
 /// Where frames go out, apart from the slaves' own sockets.
 struct Io {
-    master: PacketSocket,
+    master: Arc<PacketSocket>,
     raw: Option<RawSender>,
     master_counters: Arc<MasterCounters>,
 }
@@ -364,6 +368,9 @@ impl Io {
         };
         match decide(&plan.snap, ingress, frame) {
             Decision::Pass => {}
+            // Unicast the kernel backend already switched: this is the tap's copy.
+            Decision::ToSlave(_) | Decision::ToWire
+                if plan.kernel && frame.first().is_some_and(|b| b & 1 == 0) => {}
             Decision::ToSlave(id) => match plan.position(id) {
                 Some(i) => self.deliver(&plan.slaves[i], whole),
                 None => blame(DropKind::Other),

@@ -23,6 +23,22 @@ pub fn apply(ns: &NetNs, script: &str) -> Result<(), NftError> {
     run(ns, "nft", "nftables", &["-f", "-"], script)
 }
 
+/// Runs `nft ARGS` in `ns` and returns what it printed.
+pub fn query(ns: &NetNs, args: &[&str]) -> Result<String, NftError> {
+    let out = ns
+        .run(|| Command::new("nft").args(args).stdin(Stdio::null()).output())
+        .and_then(|r| r)
+        .map_err(|e| NftError::Spawn("nft", "nftables", e))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NftError::Refused(
+            "nft",
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
 /// Runs `iptables` or `ip6tables` (`program`) with `args` in `ns`.
 pub fn xtables(ns: &NetNs, program: &'static str, args: &[&str]) -> Result<(), NftError> {
     run(ns, program, "iptables", args, "")

@@ -16,6 +16,15 @@ pub const VNET_HDR_LEN: usize = 10;
 /// 64 KiB GSO super-frame.
 pub const MAX_FRAME: usize = VNET_HDR_LEN + 65536 + 14;
 
+/// What a [`PacketSocket`] is given to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    /// Frames whose destination MAC has the group bit (broadcast and multicast).
+    MulticastOnly,
+    Nothing,
+}
+
 #[derive(Debug)]
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -89,6 +98,44 @@ impl PacketSocket {
 
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Which frames the kernel copies to this socket (a classic BPF socket filter).
+    pub fn set_filter(&self, filter: Filter) -> io::Result<()> {
+        const ACCEPT: u32 = 0x0004_0000; // bytes to keep: any frame, super-frames too
+        let ins = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let prog: Vec<libc::sock_filter> = match filter {
+            Filter::All => vec![ins(libc::BPF_RET | libc::BPF_K, 0, 0, ACCEPT)],
+            Filter::Nothing => vec![ins(libc::BPF_RET | libc::BPF_K, 0, 0, 0)],
+            // ldb [0]; jset #1 (the group bit of the destination MAC); accept : drop
+            Filter::MulticastOnly => vec![
+                ins(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+                ins(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 1, 1),
+                ins(libc::BPF_RET | libc::BPF_K, 0, 0, ACCEPT),
+                ins(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+            ],
+        };
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies
+        // the program and validates it before attaching.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&fprog as *const libc::sock_fprog).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
     }
 
     /// Reads one frame (virtio-net header first) into `buf`; `WouldBlock` when none.

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, ip_multicast_mac};
+use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, compile, ip_multicast_mac};
 use ipvlan_datapath::user::UserBackend;
-use ipvlan_datapath::{EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
+use ipvlan_datapath::{Backend, EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
 use ipvlan_sys::netns::{all_namespaces, named_namespaces};
 use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::PacketSocket;
@@ -117,6 +117,12 @@ struct PortRec {
     port: Port,
     slaves: BTreeMap<SlaveId, SlaveRec>,
     backend: UserBackend,
+    /// Which backend switches this port's unicast.
+    kind: Backend,
+    master_sock: Arc<PacketSocket>,
+    /// The mode the packet sockets' filters were last set for.
+    filtered_for: Option<Mode>,
+    /// The nft script last applied (the guard, or the kernel backend's program).
     guard: String,
     /// The master was up with carrier at the last look.
     master_running: bool,
@@ -144,6 +150,8 @@ pub struct Daemon {
     /// `ipvlan monitor` connections, written without blocking.
     subscribers: Vec<UnixStream>,
     metrics: Option<MetricsListener>,
+    /// The backend new ports get.
+    backend: Backend,
 }
 
 /// Where the opt-in Prometheus endpoint listens.
@@ -260,7 +268,14 @@ impl Daemon {
             next_token: 1,
             subscribers: Vec::new(),
             metrics: None,
+            backend: Backend::Kernel,
         })
+    }
+
+    /// New ports use `backend` (the kernel backend unless told otherwise).
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// Also serves counters in the Prometheus text format on `l`.
@@ -310,7 +325,7 @@ impl Daemon {
     }
 
     /// Every port's and slave's counters, in the Prometheus text exposition format.
-    pub fn render_metrics(&self) -> String {
+    pub fn render_metrics(&mut self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
         type Series = (
@@ -356,20 +371,18 @@ impl Daemon {
             );
         }
         let slaves: Vec<(String, ipvlan_datapath::Counters)> = self
-            .ports
-            .iter()
-            .flat_map(|p| {
-                p.slaves.iter().map(move |(id, s)| {
-                    (
-                        format!(
-                            "master=\"{}\",slave=\"{}\",dev_id=\"{}\"",
-                            label(&p.master_name),
-                            label(&s.name),
-                            id.0
-                        ),
-                        s.counters.read(),
-                    )
-                })
+            .show_all()
+            .into_iter()
+            .map(|v| {
+                (
+                    format!(
+                        "master=\"{}\",slave=\"{}\",dev_id=\"{}\"",
+                        label(&v.master),
+                        label(&v.ifname),
+                        v.dev_id
+                    ),
+                    v.counters,
+                )
             })
             .collect();
         for (name, help, get) in series {
@@ -624,6 +637,7 @@ impl Daemon {
         let spec_mtu = mtu.unwrap_or(p.master_mtu);
         let host_name = host_end_name(master_index, id.0);
         let here = caller.key() == pns;
+        let (port_kind, port_mode) = (p.kind, p.port.mode());
         let w = self
             .watched
             .get_mut(&pns)
@@ -690,6 +704,7 @@ impl Daemon {
                 },
             )?;
             let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            sock.set_filter(port_kind.filters(port_mode).1)?;
             Ok((host, slave, sock))
         })();
         let (host, slave, sock) = match made {
@@ -746,16 +761,17 @@ impl Daemon {
     fn new_port(&mut self, ns: &NetNs, m: &Link) -> Result<usize, Fail> {
         self.watch(ns)?;
         let w = &self.watched[&ns.key()];
-        let master_sock = w.ns.run(|| PacketSocket::open(m.index))??;
+        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open(m.index))??);
         let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
         let port = Port::new(m.mac.expect("checked by the caller"));
         let backend = UserBackend::start(
-            master_sock,
+            master_sock.clone(),
             Some(raw),
             Plan {
                 snap: port.snapshot(),
                 slaves: vec![],
                 queue: None,
+                kernel: false,
             },
         )?;
         self.ports.push(PortRec {
@@ -765,6 +781,9 @@ impl Daemon {
             port,
             slaves: BTreeMap::new(),
             backend,
+            kind: self.backend,
+            master_sock,
+            filtered_for: None,
             guard: String::new(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
@@ -934,11 +953,21 @@ impl Daemon {
             Some(d) => Some(self.resolve_dev(caller, d)?),
             None => None,
         };
+        Ok(self.views(only))
+    }
+
+    /// Every slave, as `link show` reports it.
+    fn show_all(&mut self) -> Vec<SlaveView> {
+        self.views(None)
+    }
+
+    fn views(&mut self, only: Option<(usize, SlaveId)>) -> Vec<SlaveView> {
         let names = named_namespaces();
         let ns_name = |k: NsKey| names.iter().find(|(_, n)| *n == k).map(|(s, _)| s.clone());
         let mut out = Vec::new();
         for pi in 0..self.ports.len() {
             let ids: Vec<SlaveId> = self.ports[pi].slaves.keys().copied().collect();
+            let (host_stats, private) = self.port_counters(pi);
             for id in ids {
                 if only.is_some_and(|o| o != (pi, id)) {
                     continue;
@@ -973,11 +1002,68 @@ impl Daemon {
                     addrs: state
                         .map(|s| s.addrs.iter().map(|a| a.to_string()).collect())
                         .unwrap_or_default(),
-                    counters: rec.counters.read(),
+                    counters: {
+                        let mut c = rec.counters.read();
+                        // What the host end received its slave sent, and the reverse.
+                        if let Some(h) = host_stats.get(&rec.host_index) {
+                            c.tx_packets = h.rx_packets;
+                            c.tx_bytes = h.rx_bytes;
+                            c.rx_packets = h.tx_packets;
+                            c.rx_bytes = h.tx_bytes;
+                        }
+                        if let Some(&n) = private.get(&id)
+                            && n > 0
+                        {
+                            c.add_drops(ipvlan_datapath::DropKind::Private, n);
+                        }
+                        c
+                    },
+                    backend: self.ports[pi].kind.as_str().to_string(),
                 });
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// A port's host-end statistics by ifindex, and (kernel backend) the frames
+    /// `private` refused per slave, counted by the program.
+    fn port_counters(
+        &mut self,
+        pi: usize,
+    ) -> (
+        HashMap<u32, ipvlan_sys::rtnl::LinkStats>,
+        HashMap<SlaveId, u64>,
+    ) {
+        let p = &self.ports[pi];
+        let (key, kind, table) = (p.ns, p.kind, guard::table_name(p.master_index));
+        let Some(w) = self.watched.get_mut(&key) else {
+            return Default::default();
+        };
+        let stats = w
+            .rtnl
+            .links()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|l| l.stats.map(|s| (l.index, s)))
+            .collect();
+        let mut private = HashMap::new();
+        if kind == Backend::Kernel
+            && let Ok(json) = nft::query(
+                &w.ns,
+                &["-j", "list", "counters", "table", "netdev", &table],
+            )
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
+        {
+            for item in v["nftables"].as_array().into_iter().flatten() {
+                let c = &item["counter"];
+                if let (Some(name), Some(n)) = (c["name"].as_str(), c["packets"].as_u64())
+                    && let Some(id) = name.strip_prefix("private_").and_then(|i| i.parse().ok())
+                {
+                    private.insert(SlaveId(id), n);
+                }
+            }
+        }
+        (stats, private)
     }
 
     // ---- where slaves are -----------------------------------------------------------
@@ -1564,7 +1650,7 @@ impl Daemon {
             .rtnl
             .link_by_index(index)?
             .ok_or_else(|| refused("the moved master vanished"))?;
-        let master_sock = w.ns.run(|| PacketSocket::open(index))??;
+        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open(index))??);
         let raw = w.ns.run(|| RawSender::open(index, EGRESS_MARK))??;
         let mut found = Vec::new();
         for (id, _, name) in &hosts {
@@ -1584,14 +1670,17 @@ impl Daemon {
         }
         let p = &mut self.ports[pi];
         p.backend = UserBackend::start(
-            master_sock,
+            master_sock.clone(),
             Some(raw),
             Plan {
                 snap: p.port.snapshot(),
                 slaves: vec![],
                 queue: None,
+                kernel: false,
             },
         )?;
+        p.master_sock = master_sock;
+        p.filtered_for = None;
         p.ns = new_ns.key();
         p.master_index = index;
         p.master_name = master.name.clone();
@@ -1771,27 +1860,64 @@ impl Daemon {
             .collect();
         let mut addrs: Vec<IpAddr> = snap.table.iter().map(|(ip, _)| ip).collect();
         addrs.sort();
+        let mode = snap.mode;
+        if p.filtered_for != Some(mode) {
+            let (master, hosts) = p.kind.filters(mode);
+            let mut res = p.master_sock.set_filter(master);
+            for r in p.slaves.values() {
+                res = res.and(r.sock.set_filter(hosts));
+            }
+            match res {
+                Ok(()) => p.filtered_for = Some(mode),
+                Err(e) => tracing::error!("socket filters for {}: {e}", p.master_name),
+            }
+        }
+        let mut script = match p.kind {
+            Backend::Kernel => {
+                let ends: Vec<(SlaveId, String)> = p
+                    .slaves
+                    .iter()
+                    .map(|(&id, r)| (id, r.host_name.clone()))
+                    .collect();
+                compile::ruleset(
+                    &snap,
+                    &guard::table_name(p.master_index),
+                    &p.master_name,
+                    &ends,
+                )
+            }
+            Backend::User => guard::ruleset(
+                p.master_index,
+                &p.master_name,
+                p.slaves.values().map(|s| s.host_name.as_str()),
+                addrs.iter().copied(),
+                p.l3s.is_some(),
+            ),
+        };
+        if let Some(l) = &p.l3s {
+            script += &guard::l3s_ruleset(p.master_index, &p.master_name, l.num, addrs);
+        }
         let queue = p.l3s.as_ref().map(|l| l.queue.clone());
         p.backend.update(Plan {
             snap,
             slaves,
             queue,
+            kernel: p.kind == Backend::Kernel,
         });
-        let mut script = guard::ruleset(
-            p.master_index,
-            &p.master_name,
-            p.slaves.values().map(|s| s.host_name.as_str()),
-            addrs.iter().copied(),
-            p.l3s.is_some(),
-        );
-        if let Some(l) = &p.l3s {
-            script += &guard::l3s_ruleset(p.master_index, &p.master_name, l.num, addrs);
-        }
         if script != p.guard
             && let Some(w) = self.watched.get(&p.ns)
         {
             match nft::apply(&w.ns, &script) {
                 Ok(()) => p.guard = script,
+                Err(e) if p.kind == Backend::Kernel => {
+                    tracing::error!(
+                        "the kernel backend cannot run here ({e}); port {} falls back to the user backend",
+                        p.master_name
+                    );
+                    p.kind = Backend::User;
+                    p.filtered_for = None;
+                    self.publish(pi);
+                }
                 Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
             }
         }

@@ -57,8 +57,9 @@ enum Cmd {
         /// loopback ADDR:PORT (opt-in).
         #[arg(long, value_name = "PATH|ADDR:PORT")]
         metrics: Option<String>,
-        /// The datapath backend.
-        #[arg(long, default_value = "user", value_parser = ["user"])]
+        /// The datapath backend: `kernel` (nftables netdev `fwd`, the default; falls back
+        /// to `user` where the kernel cannot run it) or `user` (packet sockets only).
+        #[arg(long, default_value = "kernel", value_parser = ["kernel", "user"])]
         backend: String,
     },
     /// Build the kernel HOWTO's topology in scratch namespaces, test it, tear it down.
@@ -91,10 +92,15 @@ fn main() -> ExitCode {
         Cmd::Daemon {
             socket,
             metrics,
-            backend: _,
+            backend,
         } => {
             let socket = socket.unwrap_or_else(ipvlan::proto::socket_path);
-            match run_daemon(&socket, metrics.as_deref()) {
+            let backend = if backend == "user" {
+                ipvlan_datapath::Backend::User
+            } else {
+                ipvlan_datapath::Backend::Kernel
+            };
+            match run_daemon(&socket, metrics.as_deref(), backend) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ipvlan daemon: {e:#}");
@@ -131,7 +137,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(socket: &str, metrics: Option<&str>) -> anyhow::Result<()> {
+fn run_daemon(
+    socket: &str,
+    metrics: Option<&str>,
+    backend: ipvlan_datapath::Backend,
+) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -161,12 +171,12 @@ fn run_daemon(socket: &str, metrics: Option<&str>) -> anyhow::Result<()> {
         });
     }
     let path = std::path::Path::new(socket);
-    let mut d = daemon::Daemon::new(path)?;
+    let mut d = daemon::Daemon::new(path)?.with_backend(backend);
     if let Some(spec) = metrics {
         d = d.with_metrics(daemon::MetricsListener::bind(spec)?)?;
         tracing::info!("metrics on {spec}");
     }
-    tracing::info!("listening on {socket}");
+    tracing::info!("listening on {socket} (backend {})", backend.as_str());
     let r = d.run(&stop);
     let _ = std::fs::remove_file(path);
     r

@@ -50,11 +50,12 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
         );
         if style.details {
             s += &format!(
-                "    ipvlan  mode {} {} dev_id {:#x} host-end {}\n",
+                "    ipvlan  mode {} {} dev_id {:#x} host-end {} backend {}\n",
                 l.mode.as_str(),
                 l.port_flags.as_str(),
                 l.dev_id,
-                l.host_end
+                l.host_end,
+                l.backend
             );
             for a in &l.addrs {
                 s += &format!("    addr {a}\n");
@@ -105,6 +106,7 @@ pub fn json(links: &[SlaveView], style: Style) -> Value {
                     o["linkinfo"] = json!({ "info_kind": "ipvlan", "info_data": data });
                     o["dev_id"] = json!(format!("{:#x}", l.dev_id));
                     o["host_end"] = json!(l.host_end);
+                    o["backend"] = json!(l.backend);
                     o["addrs"] = json!(l.addrs);
                 }
                 if style.stats {

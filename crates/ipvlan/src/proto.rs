@@ -198,6 +198,8 @@ pub struct SlaveView {
     pub host_end: String,
     pub addrs: Vec<String>,
     pub counters: Counters,
+    /// Which backend switches this slave's port: "kernel" or "user".
+    pub backend: String,
 }
 
 /// Sends `req` with the caller's namespace and waits for the reply.

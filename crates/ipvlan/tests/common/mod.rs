@@ -273,6 +273,9 @@ impl Daemon {
             .arg(&socket)
             .arg("--metrics")
             .arg(dir.join("metrics.sock"))
+            // The suite runs once per backend: IPVLAN_TEST_BACKEND=user|kernel.
+            .arg("--backend")
+            .arg(std::env::var("IPVLAN_TEST_BACKEND").unwrap_or_else(|_| "kernel".into()))
             .env("IPVLAN_SOCKET", &socket)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
