@@ -39,6 +39,11 @@ pub fn private_counter(id: SlaveId) -> String {
     format!("private_{}", id.0)
 }
 
+/// The name of the counter of frames one slave sent with another source MAC.
+pub fn spoof_counter(id: SlaveId) -> String {
+    format!("spoof_{}", id.0)
+}
+
 /// The nft script that installs (or replaces) `table` for a port whose master is
 /// `master` and whose slaves' host ends are `host_ends`.
 pub fn ruleset(
@@ -107,7 +112,13 @@ pub fn ruleset(
 
     // Each host end: what its slave sent (§4.1, §4.2).
     for (id, end) in host_ends {
-        let mut rules = vec!["meta pkttype { broadcast, multicast } drop".to_string()];
+        let mut rules = vec![
+            "meta pkttype { broadcast, multicast } drop".to_string(),
+            format!(
+                "ether saddr != {m} counter name \"{}\" drop",
+                spoof_counter(*id)
+            ),
+        ];
         let local = |sel: &str, key: &str, set: &str, map: &str| {
             if snap.flags == Flags::Private {
                 format!(
@@ -139,6 +150,7 @@ pub fn ruleset(
     }
     for (id, _) in host_ends {
         let _ = writeln!(s, "  counter {} {{ }}", private_counter(*id));
+        let _ = writeln!(s, "  counter {} {{ }}", spoof_counter(*id));
     }
     s.push_str("}\n");
     s

@@ -15,8 +15,12 @@ pub enum DropKind {
     Private,
     /// Too short, or a header that does not parse.
     Malformed,
-    /// A destination the user backend cannot reach (the master's own stack, §9.1).
-    NoPath,
+    /// Unicast between equal MACs whose key no slave owns: the kernel hands it to the
+    /// master's own stack (§4.1, §9.1), which the user backend cannot reach.
+    NoOwner,
+    /// A frame from a slave whose source MAC is not the master's (the kernel backend
+    /// does not switch those).
+    Spoof,
     /// L3/L3S egress the master's namespace could not route or send (the driver's
     /// `tx_errors`, spec §4.2).
     NoRoute,
@@ -34,7 +38,8 @@ impl DropKind {
         match self {
             Self::Private => "private",
             Self::Malformed => "malformed",
-            Self::NoPath => "no_path",
+            Self::NoOwner => "no_owner",
+            Self::Spoof => "spoof",
             Self::NoRoute => "no_route",
             Self::L3Filtered => "l3_filtered",
             Self::QueueFull => "queue_full",
@@ -43,10 +48,11 @@ impl DropKind {
     }
 }
 
-pub const DROP_KINDS: [DropKind; 7] = [
+pub const DROP_KINDS: [DropKind; 8] = [
+    DropKind::Spoof,
     DropKind::Private,
     DropKind::Malformed,
-    DropKind::NoPath,
+    DropKind::NoOwner,
     DropKind::NoRoute,
     DropKind::L3Filtered,
     DropKind::QueueFull,

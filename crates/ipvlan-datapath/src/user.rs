@@ -394,7 +394,7 @@ impl Io {
                     blame(DropKind::QueueFull);
                 }
             }
-            Decision::ToMasterStack => blame(DropKind::NoPath),
+            Decision::ToMasterStack => blame(DropKind::NoOwner),
             Decision::Route => match (&self.raw, VnetHdr::parse(whole)) {
                 (Some(raw), Ok(hdr)) => {
                     let mut failed = false;
@@ -406,7 +406,7 @@ impl Io {
                         Err(_) => blame(DropKind::Malformed),
                     }
                 }
-                (None, _) => blame(DropKind::NoPath),
+                (None, _) => blame(DropKind::NoOwner),
                 (_, Err(_)) => blame(DropKind::Malformed),
             },
             Decision::Drop(why) => blame(match why {

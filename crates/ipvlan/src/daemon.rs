@@ -1011,10 +1011,8 @@ impl Daemon {
                             c.rx_packets = h.tx_packets;
                             c.rx_bytes = h.tx_bytes;
                         }
-                        if let Some(&n) = private.get(&id)
-                            && n > 0
-                        {
-                            c.add_drops(ipvlan_datapath::DropKind::Private, n);
+                        for &(_, why, n) in private.iter().filter(|(s, _, n)| *s == id && *n > 0) {
+                            c.add_drops(why, n);
                         }
                         c
                     },
@@ -1025,14 +1023,14 @@ impl Daemon {
         out
     }
 
-    /// A port's host-end statistics by ifindex, and (kernel backend) the frames
-    /// `private` refused per slave, counted by the program.
+    /// A port's host-end statistics by ifindex, and (kernel backend) the frames the
+    /// program dropped per slave and reason (`private`, `spoof`).
     fn port_counters(
         &mut self,
         pi: usize,
     ) -> (
         HashMap<u32, ipvlan_sys::rtnl::LinkStats>,
-        HashMap<SlaveId, u64>,
+        Vec<(SlaveId, ipvlan_datapath::DropKind, u64)>,
     ) {
         let p = &self.ports[pi];
         let (key, kind, table) = (p.ns, p.kind, guard::table_name(p.master_index));
@@ -1046,7 +1044,7 @@ impl Daemon {
             .into_iter()
             .filter_map(|l| l.stats.map(|s| (l.index, s)))
             .collect();
-        let mut private = HashMap::new();
+        let mut private = Vec::new();
         if kind == Backend::Kernel
             && let Ok(json) = nft::query(
                 &w.ns,
@@ -1056,10 +1054,16 @@ impl Daemon {
         {
             for item in v["nftables"].as_array().into_iter().flatten() {
                 let c = &item["counter"];
-                if let (Some(name), Some(n)) = (c["name"].as_str(), c["packets"].as_u64())
-                    && let Some(id) = name.strip_prefix("private_").and_then(|i| i.parse().ok())
-                {
-                    private.insert(SlaveId(id), n);
+                let Some((kind, id)) = c["name"].as_str().and_then(|n| n.split_once('_')) else {
+                    continue;
+                };
+                let kind = match kind {
+                    "private" => ipvlan_datapath::DropKind::Private,
+                    "spoof" => ipvlan_datapath::DropKind::Spoof,
+                    _ => continue,
+                };
+                if let (Ok(id), Some(n)) = (id.parse(), c["packets"].as_u64()) {
+                    private.push((SlaveId(id), kind, n));
                 }
             }
         }
