@@ -104,6 +104,9 @@ struct SlaveRec {
     flags: u32,
 }
 
+/// Frames the kernel backend's program dropped for one slave, by reason.
+type ProgramDrops = (SlaveId, ipvlan_datapath::DropKind, u64);
+
 /// What a port in L3S mode has set up in its master's namespace.
 struct L3s {
     num: u16,
@@ -1028,10 +1031,7 @@ impl Daemon {
     fn port_counters(
         &mut self,
         pi: usize,
-    ) -> (
-        HashMap<u32, ipvlan_sys::rtnl::LinkStats>,
-        Vec<(SlaveId, ipvlan_datapath::DropKind, u64)>,
-    ) {
+    ) -> (HashMap<u32, ipvlan_sys::rtnl::LinkStats>, Vec<ProgramDrops>) {
         let p = &self.ports[pi];
         let (key, kind, table) = (p.ns, p.kind, guard::table_name(p.master_index));
         let Some(w) = self.watched.get_mut(&key) else {
