@@ -85,6 +85,68 @@ impl From<io::Error> for Fail {
 trait ReadWrite: io::Read + io::Write {}
 impl<T: io::Read + io::Write> ReadWrite for T {}
 
+/// What a host end's alias records: whose it is and its port's mode and flags, so a
+/// new daemon can take the slave back. Written as
+/// `ipvlan-rs: host end of NAME; master=eth0 ifindex=2 dev_id=1 mode=l2 flags=bridge
+/// daemon=1a2b3c4d`, the last being the daemon's identity (its control socket), so that
+/// two daemons on one machine never take each other's slaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub owner: String,
+    pub slave: String,
+    pub master_index: u32,
+    pub dev_id: SlaveId,
+    pub mode: Mode,
+    pub flags: Flags,
+}
+
+impl Mark {
+    #[allow(clippy::too_many_arguments)]
+    pub fn alias(
+        owner: &str,
+        slave: &str,
+        master: &str,
+        master_index: u32,
+        id: SlaveId,
+        mode: Mode,
+        flags: Flags,
+    ) -> String {
+        format!(
+            "{ALIAS_PREFIX} host end of {slave}; master={master} ifindex={master_index} dev_id={} mode={} flags={} daemon={owner}",
+            id.0,
+            mode.as_str(),
+            flags.as_str()
+        )
+    }
+
+    /// A daemon's identity: a hash of its control socket's path.
+    pub fn owner_of(socket: &Path) -> String {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in socket.as_os_str().as_encoded_bytes() {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+        format!("{h:08x}")
+    }
+
+    pub fn parse(alias: &str) -> Option<Self> {
+        let rest = alias.strip_prefix(ALIAS_PREFIX)?.trim_start();
+        let (head, kv) = rest.split_once(';')?;
+        let slave = head.strip_prefix("host end of ")?.to_string();
+        let get = |k: &str| {
+            kv.split_whitespace()
+                .find_map(|t| t.strip_prefix(k)?.strip_prefix('='))
+        };
+        Some(Self {
+            owner: get("daemon")?.to_string(),
+            slave,
+            master_index: get("ifindex")?.parse().ok()?,
+            dev_id: SlaveId(get("dev_id")?.parse().ok()?),
+            mode: get("mode")?.parse().ok()?,
+            flags: get("flags")?.parse().ok()?,
+        })
+    }
+}
+
 /// Where a slave end is, as seen from its master's namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
@@ -125,6 +187,8 @@ struct PortRec {
     master_sock: Arc<PacketSocket>,
     /// The mode the packet sockets' filters were last set for.
     filtered_for: Option<Mode>,
+    /// The mode and flags last written into the host ends' aliases.
+    marked: Option<(Mode, Flags)>,
     /// The nft script last applied (the guard, or the kernel backend's program).
     guard: String,
     /// The master was up with carrier at the last look.
@@ -155,6 +219,8 @@ pub struct Daemon {
     metrics: Option<MetricsListener>,
     /// The backend new ports get.
     backend: Backend,
+    /// This daemon's identity in the marks it leaves on host ends.
+    owner: String,
 }
 
 /// Where the opt-in Prometheus endpoint listens.
@@ -272,6 +338,7 @@ impl Daemon {
             subscribers: Vec::new(),
             metrics: None,
             backend: Backend::Kernel,
+            owner: Mark::owner_of(socket),
         })
     }
 
@@ -535,6 +602,90 @@ impl Daemon {
         }
     }
 
+    /// Takes back every slave a previous daemon made: the host ends carry their port's
+    /// state in their alias ([`Mark`]). Unicast the kernel backend switches never
+    /// stopped; the program is replaced by an identical one.
+    pub fn adopt(&mut self) {
+        for (_, ns) in all_namespaces() {
+            let Ok(mut rt) = Rtnl::in_ns(&ns) else {
+                continue;
+            };
+            let Ok(links) = rt.links() else { continue };
+            let mut by_master: BTreeMap<u32, Vec<(Mark, Link)>> = BTreeMap::new();
+            for l in &links {
+                if let Some(m) = l.alias.as_deref().and_then(Mark::parse)
+                    && m.owner == self.owner
+                {
+                    by_master
+                        .entry(m.master_index)
+                        .or_default()
+                        .push((m, l.clone()));
+                }
+            }
+            for (master_index, ends) in by_master {
+                let master = links
+                    .iter()
+                    .find(|l| l.index == master_index && l.mac.is_some());
+                let Some(master) = master else {
+                    // The master is gone: so are its slaves (spec §7.5).
+                    for (_, l) in &ends {
+                        let _ = rt.del_link(l.index);
+                    }
+                    continue;
+                };
+                match self.adopt_port(&ns, master, &ends) {
+                    Ok(n) => {
+                        tracing::info!("took back {n} slave(s) of {} in {}", master.name, ns.key())
+                    }
+                    Err(e) => {
+                        tracing::error!("taking back the slaves of {}: {}", master.name, e.msg)
+                    }
+                }
+            }
+        }
+    }
+
+    fn adopt_port(
+        &mut self,
+        ns: &NetNs,
+        master: &Link,
+        ends: &[(Mark, Link)],
+    ) -> Result<usize, Fail> {
+        let pi = self.new_port(ns, master)?;
+        let (mode, flags) = (ends[0].0.mode, ends[0].0.flags);
+        self.ports[pi]
+            .port
+            .apply_changelink(Some(mode), Some(flags));
+        let mut ids = Vec::new();
+        for (mark, host) in ends {
+            let id = mark.dev_id;
+            if self.ports[pi].port.adopt_slave(id).is_err() {
+                continue;
+            }
+            let w = &self.watched[&ns.key()];
+            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            self.ports[pi].slaves.insert(
+                id,
+                SlaveRec {
+                    host_index: host.index,
+                    host_name: host.name.clone(),
+                    sock: Arc::new(sock),
+                    counters: Arc::new(SlaveCounters::default()),
+                    loc: None,
+                    name: mark.slave.clone(),
+                    flags: 0,
+                },
+            );
+            ids.push(id);
+        }
+        for &id in &ids {
+            self.relocate(pi, id);
+        }
+        self.sync_l3s(pi)?;
+        self.publish(pi);
+        Ok(ids.len())
+    }
+
     // ---- requests -------------------------------------------------------------------
 
     /// A request socket in `ns`: the watched one, or a fresh one.
@@ -640,7 +791,8 @@ impl Daemon {
         let spec_mtu = mtu.unwrap_or(p.master_mtu);
         let host_name = host_end_name(master_index, id.0);
         let here = caller.key() == pns;
-        let (port_kind, port_mode) = (p.kind, p.port.mode());
+        let owner = self.owner.clone();
+        let (port_kind, port_mode, port_flags) = (p.kind, p.port.mode(), p.port.flags());
         let w = self
             .watched
             .get_mut(&pns)
@@ -691,9 +843,14 @@ impl Daemon {
                 host.index,
                 &LinkChange {
                     flags_set: IFF_NOARP,
-                    alias: Some(format!(
-                        "{ALIAS_PREFIX} host end of {name} (master {master_name}, dev_id {})",
-                        id.0
+                    alias: Some(Mark::alias(
+                        &owner,
+                        name,
+                        &master_name,
+                        master_index,
+                        id,
+                        port_mode,
+                        port_flags,
                     )),
                     ipv6_autoconf: Some(false),
                     ..Default::default()
@@ -787,6 +944,7 @@ impl Daemon {
             kind: self.backend,
             master_sock,
             filtered_for: None,
+            marked: None,
             guard: String::new(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
@@ -1003,7 +1161,12 @@ impl Daemon {
                     dev_id: id.0,
                     host_end: rec.host_name.clone(),
                     addrs: state
-                        .map(|s| s.addrs.iter().map(|a| a.to_string()).collect())
+                        .map(|s| {
+                            // Sorted, so that the listing does not depend on event order.
+                            let mut a = s.addrs.clone();
+                            a.sort();
+                            a.iter().map(|a| a.to_string()).collect()
+                        })
                         .unwrap_or_default(),
                     counters: {
                         let mut c = rec.counters.read();
@@ -1762,6 +1925,11 @@ impl Daemon {
             let rule = guard::l3s_queue_rules(num);
             let (table, rest) = rule.split_at(2);
             for prog in ["iptables", "ip6tables"] {
+                // A previous daemon's rule for this queue, if it left one.
+                let mut del: Vec<&str> = table.iter().map(String::as_str).collect();
+                del.push("-D");
+                del.extend(rest.iter().map(String::as_str));
+                while nft::xtables(&w.ns, prog, &del).is_ok() {}
                 let mut args: Vec<&str> = table.iter().map(String::as_str).collect();
                 args.push("-A");
                 args.extend(rest.iter().map(String::as_str));
@@ -1865,6 +2033,31 @@ impl Daemon {
         let mut addrs: Vec<IpAddr> = snap.table.iter().map(|(ip, _)| ip).collect();
         addrs.sort();
         let mode = snap.mode;
+        if p.marked != Some((mode, snap.flags))
+            && let Some(w) = self.watched.get_mut(&p.ns)
+        {
+            // The port's state lives on its devices, for the next daemon (see `adopt`).
+            let mut ok = true;
+            for (&id, r) in &p.slaves {
+                let alias = Mark::alias(
+                    &self.owner,
+                    &r.name,
+                    &p.master_name,
+                    p.master_index,
+                    id,
+                    mode,
+                    snap.flags,
+                );
+                let change = LinkChange {
+                    alias: Some(alias),
+                    ..Default::default()
+                };
+                ok &= w.rtnl.set_link(r.host_index, &change).is_ok();
+            }
+            if ok {
+                p.marked = Some((mode, snap.flags));
+            }
+        }
         if p.filtered_for != Some(mode) {
             let (master, hosts) = p.kind.filters(mode);
             let mut res = p.master_sock.set_filter(master);
@@ -1958,6 +2151,32 @@ mod tests {
             eui64_link_local(mac),
             "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap()
         );
+    }
+
+    #[test]
+    fn marks_round_trip() {
+        let a = Mark::alias(
+            "0badf00d",
+            "ipvl0",
+            "eth0",
+            2,
+            SlaveId(7),
+            Mode::L3s,
+            Flags::Private,
+        );
+        assert_eq!(
+            Mark::parse(&a),
+            Some(Mark {
+                owner: "0badf00d".into(),
+                slave: "ipvl0".into(),
+                master_index: 2,
+                dev_id: SlaveId(7),
+                mode: Mode::L3s,
+                flags: Flags::Private
+            })
+        );
+        assert_eq!(Mark::parse("something else"), None);
+        assert_eq!(Mark::parse(&a.replace("mode=l3s", "mode=l4")), None);
     }
 
     #[test]

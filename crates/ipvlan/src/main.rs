@@ -177,6 +177,7 @@ fn run_daemon(
         tracing::info!("metrics on {spec}");
     }
     tracing::info!("listening on {socket} (backend {})", backend.as_str());
+    d.adopt();
     let r = d.run(&stop);
     let _ = std::fs::remove_file(path);
     r

@@ -48,6 +48,24 @@ impl DevIdAllocator {
     }
 
     /// Returns `id` to the pool; ids not in use are ignored.
+    /// Marks a known id as used (a slave taken back after a restart); the next
+    /// [`alloc`](Self::alloc) continues after the highest id claimed so far, as if
+    /// the ids had been allocated in order. False if the id is out of range or taken.
+    pub fn claim(&mut self, id: u16) -> bool {
+        if !(DEV_ID_MIN..=DEV_ID_MAX).contains(&id) || self.is_used(id) {
+            return false;
+        }
+        self.used[usize::from(id) / 64] |= 1 << (id % 64);
+        if id >= self.start {
+            self.start = if id + 1 > DEV_ID_MAX {
+                DEV_ID_MIN
+            } else {
+                id + 1
+            };
+        }
+        true
+    }
+
     pub fn free(&mut self, id: u16) {
         if self.is_used(id) {
             self.used[usize::from(id) / 64] &= !(1 << (id % 64));
@@ -161,5 +179,16 @@ mod tests {
         a.free(0xFFFF);
         assert!(a.is_empty());
         assert!(!a.is_used(0) && !a.is_used(0xFFFF));
+    }
+
+    #[test]
+    fn claimed_ids_are_skipped_and_allocation_continues_after_them() {
+        let mut a = DevIdAllocator::new();
+        assert!(a.claim(3));
+        assert!(!a.claim(3));
+        assert!(!a.claim(0));
+        assert_eq!(a.alloc(), Some(4));
+        assert!(a.claim(1));
+        assert_eq!(a.alloc(), Some(5));
     }
 }

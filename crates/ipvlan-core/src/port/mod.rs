@@ -148,6 +148,18 @@ impl Port {
         Ok(id)
     }
 
+    /// Adds a slave with a dev_id it already has (one taken back after a restart).
+    pub fn adopt_slave(&mut self, id: SlaveId) -> Result<(), PortError> {
+        if !self.dev_ids.claim(id.0) {
+            return Err(PortError::NoSuchSlave(id));
+        }
+        self.slaves
+            .insert(id, (self.next_seq, SlaveState::default()));
+        self.order.insert(self.next_seq, id);
+        self.next_seq += 1;
+        Ok(())
+    }
+
     /// Deletes a slave: its addresses leave the table and the reservation, its
     /// dev_id is freed. Unknown ids are ignored.
     pub fn remove_slave(&mut self, id: SlaveId) {
