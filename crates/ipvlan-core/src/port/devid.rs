@@ -56,6 +56,7 @@ impl DevIdAllocator {
             return false;
         }
         self.used[usize::from(id) / 64] |= 1 << (id % 64);
+        self.live += 1;
         if id >= self.start {
             self.start = if id + 1 > DEV_ID_MAX {
                 DEV_ID_MIN
@@ -190,5 +191,8 @@ mod tests {
         assert_eq!(a.alloc(), Some(4));
         assert!(a.claim(1));
         assert_eq!(a.alloc(), Some(5));
+        assert_eq!(a.len(), 4);
+        a.free(3);
+        assert_eq!(a.len(), 3);
     }
 }

@@ -263,53 +263,72 @@ impl Daemon {
         let dir = PathBuf::from(format!("/tmp/ipvlan-rs-test-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create socket dir");
-        let socket = dir.join("ipvlan.sock");
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-daemon.log"));
-        let log_file = File::create(&log).expect("create daemon log");
-        let mut cmd = Command::new(BIN);
-        let child = cmd
+        File::create(&log).expect("create daemon log");
+        let mut d = Daemon {
+            child: None,
+            socket: dir.join("ipvlan.sock"),
+            log,
+            metrics: dir.join("metrics.sock"),
+            dir,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon process (again, after [`Daemon::kill`]) on the same socket,
+    /// appending to the same log, and waits for its socket.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open daemon log");
+        let child = Command::new(BIN)
             .arg("daemon")
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("--metrics")
-            .arg(dir.join("metrics.sock"))
+            .arg(&self.metrics)
             // The suite runs once per backend: IPVLAN_TEST_BACKEND=user|kernel.
             .arg("--backend")
             .arg(std::env::var("IPVLAN_TEST_BACKEND").unwrap_or_else(|_| "kernel".into()))
-            .env("IPVLAN_SOCKET", &socket)
+            .env("IPVLAN_SOCKET", &self.socket)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN} daemon: {e}"));
-        let mut d = Daemon {
-            child: Some(child),
-            socket,
-            log,
-            metrics: dir.join("metrics.sock"),
-            dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !d.socket.exists() {
-            if let Some(c) = d.child.as_mut()
+        while !self.socket.exists() {
+            if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
                 panic!(
                     "ipvlan daemon exited early ({st}); its log:\n{}",
-                    d.log_text()
+                    self.log_text()
                 );
             }
             if Instant::now() >= deadline {
                 panic!(
                     "ipvlan daemon: no socket at {} after 5 s; its log:\n{}",
-                    d.socket.display(),
-                    d.log_text()
+                    self.socket.display(),
+                    self.log_text()
                 );
             }
             thread::sleep(Duration::from_millis(20));
         }
-        d
+    }
+
+    /// Sends `sig` to the daemon and reaps it.
+    pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, sig);
+            let _ = child.wait();
+        }
     }
 
     /// One scrape of the metrics endpoint (the body, without the HTTP head).
@@ -480,6 +499,10 @@ impl Topo {
     /// Slave namespace `i`.
     pub fn ns(&self, i: usize) -> &str {
         &self.slaves[i]
+    }
+
+    pub fn daemon_mut(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("the topology has a daemon")
     }
 
     pub fn daemon(&self) -> &Daemon {
