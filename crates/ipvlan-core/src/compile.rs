@@ -17,11 +17,9 @@
 //! ingress. Frames a slave sends with a source MAC other than the master's are not
 //! switched here (the kernel driver would; a hostile slave forging its MAC gets nowhere).
 //!
-//! The output is plain text for `nft -f`, created and replaced as one transaction.
+//! The output is a [`Program`]: applied whole, or as an update from the last one.
 
-use std::fmt::Write;
-use std::net::IpAddr;
-
+use crate::nftprog::{Part, Program};
 use crate::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
 
 /// Priority of every chain: before anything a user would add at the default.
@@ -44,71 +42,58 @@ pub fn spoof_counter(id: SlaveId) -> String {
     format!("spoof_{}", id.0)
 }
 
-/// The nft script that installs (or replaces) `table` for a port whose master is
-/// `master` and whose slaves' host ends are `host_ends`.
-pub fn ruleset(
+/// The program for `table` for a port whose master is `master` and whose slaves'
+/// host ends are `host_ends`.
+pub fn program(
     snap: &PortSnapshot,
     table: &str,
     master: &str,
     host_ends: &[(SlaveId, String)],
-) -> String {
+) -> Program {
+    let mut prog = Program::new("netdev", table);
+    for (fam, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+        prog.declare("set", &format!("slaves{fam}"), &format!("{{ type {ty}; }}"));
+        prog.declare(
+            "map",
+            &format!("fwd{fam}"),
+            &format!("{{ type {ty} : iface_index; }}"),
+        );
+    }
     let host_of = |id: SlaveId| {
         host_ends
             .iter()
             .find(|(h, _)| *h == id)
             .map(|(_, n)| n.as_str())
     };
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    let mut entries: Vec<(IpAddr, SlaveId)> = snap.table.iter().collect();
-    entries.sort();
-    for (ip, id) in entries {
+    for (ip, id) in snap.table.iter() {
         let Some(end) = host_of(id) else { continue };
-        match ip {
-            IpAddr::V4(a) => v4.push((a.to_string(), end)),
-            IpAddr::V6(a) => v6.push((a.to_string(), end)),
-        }
-    }
-    let mut s = String::new();
-    // Creating then deleting makes the replacement work whether or not it existed.
-    let _ = writeln!(s, "table netdev {table} {{}}\ndelete table netdev {table}");
-    let _ = writeln!(s, "table netdev {table} {{");
-    for (fam, ty, elems) in [("4", "ipv4_addr", &v4), ("6", "ipv6_addr", &v6)] {
-        let keys: Vec<&str> = elems.iter().map(|(a, _)| a.as_str()).collect();
-        let pairs: Vec<String> = elems
-            .iter()
-            .map(|(a, e)| format!("{a} : \"{e}\""))
-            .collect();
-        let _ = write!(s, "  set slaves{fam} {{ type {ty};");
-        if !keys.is_empty() {
-            let _ = write!(s, " elements = {{ {} }};", keys.join(", "));
-        }
-        let _ = writeln!(s, " }}");
-        let _ = write!(s, "  map fwd{fam} {{ type {ty} : iface_index;");
-        if !pairs.is_empty() {
-            let _ = write!(s, " elements = {{ {} }};", pairs.join(", "));
-        }
-        let _ = writeln!(s, " }}");
+        let fam = if ip.is_ipv4() { "4" } else { "6" };
+        let el = &mut prog.elements;
+        el.entry(format!("slaves{fam}"))
+            .or_default()
+            .insert(ip.to_string());
+        el.entry(format!("fwd{fam}"))
+            .or_default()
+            .insert(format!("{ip} : \"{end}\""));
     }
     let m = mac(&snap.master_mac);
-    let chain = |s: &mut String, name: &str, dev: &str, policy: &str, rules: &[String]| {
-        let _ = writeln!(
-            s,
-            "  chain {name} {{\n    type filter hook ingress device \"{dev}\" priority {PRIORITY}; policy {policy};"
-        );
-        for r in rules {
-            let _ = writeln!(s, "    {r}");
-        }
-        let _ = writeln!(s, "  }}");
+    let hook = |dev: &str, policy: &str| {
+        format!(
+            "{{ type filter hook ingress device \"{dev}\" priority {PRIORITY}; policy {policy}; }}"
+        )
     };
 
     // The master: unicast for a slave goes to it (§5.3), except in L3S (§6).
+    prog.chain("from_master", &hook(master, "accept"));
     let mut rules = vec!["meta pkttype { broadcast, multicast } accept".to_string()];
     if snap.mode != Mode::L3s {
         rules.push("fwd to ip daddr map @fwd4".into());
         rules.push("fwd to ip6 daddr map @fwd6".into());
         rules.push("fwd to arp daddr ip map @fwd4".into());
     }
-    chain(&mut s, "from_master", master, "accept", &rules);
+    for r in &rules {
+        prog.rule("from_master", r);
+    }
 
     // Each host end: what its slave sent (§4.1, §4.2).
     for (id, end) in host_ends {
@@ -146,19 +131,17 @@ pub fn ruleset(
                 rules.push(local("", "ip6 daddr", "slaves6", "fwd6"));
             }
         }
-        chain(&mut s, &format!("from_{}", id.0), end, "drop", &rules);
+        prog.parts.insert(
+            format!("{:05}", id.0),
+            Part {
+                counters: vec![private_counter(*id), spoof_counter(*id)],
+                chain: format!("from_{}", id.0),
+                decl: hook(end, "drop"),
+                rules,
+            },
+        );
     }
-    for (id, _) in host_ends {
-        let _ = writeln!(s, "  counter {} {{ }}", private_counter(*id));
-        let _ = writeln!(s, "  counter {} {{ }}", spoof_counter(*id));
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// The nft script that removes `table`, if present.
-pub fn teardown(table: &str) -> String {
-    format!("table netdev {table} {{}}\ndelete table netdev {table}\n")
+    prog
 }
 
 #[cfg(test)]
@@ -182,53 +165,74 @@ mod tests {
         (p.snapshot(), ends)
     }
 
+    /// The rules of one chain, from a full script.
+    fn rules<'a>(s: &'a str, chain: &str) -> Vec<&'a str> {
+        let p = format!("add rule netdev t {chain} ");
+        s.lines()
+            .filter_map(|l| l.strip_prefix(p.as_str()))
+            .collect()
+    }
+
     #[test]
     fn l2_bridge() {
         let (snap, ends) = port(Mode::L2, Flags::Bridge);
-        let s = ruleset(&snap, "t", "eth0", &ends);
+        let s = program(&snap, "t", "eth0", &ends).full();
         assert!(s.contains(
-            "map fwd4 { type ipv4_addr : iface_index; elements = { 10.0.0.10 : \"ivh2.1\", 10.0.0.11 : \"ivh2.2\" }; }"
+            "add element netdev t fwd4 { 10.0.0.10 : \"ivh2.1\", 10.0.0.11 : \"ivh2.2\" }"
         ));
-        assert!(s.contains("elements = { fd00::11 : \"ivh2.2\" }"));
-        assert!(s.contains("device \"eth0\""));
-        assert!(s.contains("fwd to arp daddr ip map @fwd4"));
-        assert!(s.contains(
-            "ether saddr 52:54:00:12:34:56 ether daddr 52:54:00:12:34:56 fwd to ip daddr map @fwd4"
+        assert!(s.contains("add element netdev t fwd6 { fd00::11 : \"ivh2.2\" }"));
+        assert!(
+            s.contains("add chain netdev t from_master { type filter hook ingress device \"eth0\"")
+        );
+        assert!(rules(&s, "from_master").contains(&"fwd to arp daddr ip map @fwd4"));
+        let from1 = rules(&s, "from_1");
+        assert!(from1.contains(
+            &"ether saddr 52:54:00:12:34:56 ether daddr 52:54:00:12:34:56 fwd to ip daddr map @fwd4"
         ));
-        assert!(s.contains("ether saddr 52:54:00:12:34:56 fwd to \"eth0\""));
+        assert!(from1.contains(&"ether saddr 52:54:00:12:34:56 fwd to \"eth0\""));
+        assert!(from1.contains(&"ether saddr != 52:54:00:12:34:56 counter name \"spoof_1\" drop"));
         assert_eq!(s.matches("policy drop;").count(), 2);
     }
 
     #[test]
     fn private_counts_and_drops_instead_of_forwarding() {
         let (snap, ends) = port(Mode::L2, Flags::Private);
-        let s = ruleset(&snap, "t", "eth0", &ends);
+        let s = program(&snap, "t", "eth0", &ends).full();
         assert!(s.contains("ip daddr @slaves4 counter name \"private_1\" drop"));
         assert!(!s.contains("ether daddr 52:54:00:12:34:56 fwd to"));
-        assert!(s.contains("counter private_2 { }"));
+        assert!(s.contains("add counter netdev t private_2"));
     }
 
     #[test]
     fn vepa_sends_everything_out() {
         let (snap, ends) = port(Mode::L2, Flags::Vepa);
-        let s = ruleset(&snap, "t", "eth0", &ends);
-        let from1 = &s[s.find("chain from_1").unwrap()..];
-        let from1 = &from1[..from1.find("  }").unwrap()];
-        assert!(from1.contains("ether saddr 52:54:00:12:34:56 fwd to \"eth0\""));
-        assert!(!from1.contains("map @fwd4"));
+        let s = program(&snap, "t", "eth0", &ends).full();
+        let from1 = rules(&s, "from_1");
+        assert!(from1.contains(&"ether saddr 52:54:00:12:34:56 fwd to \"eth0\""));
+        assert!(!from1.iter().any(|r| r.contains("map @fwd4")));
     }
 
     #[test]
     fn l3_switches_by_key_only_and_l3s_leaves_the_master_alone() {
         let (snap, ends) = port(Mode::L3, Flags::Bridge);
-        let s = ruleset(&snap, "t", "eth0", &ends);
-        assert!(s.contains("    fwd to ip daddr map @fwd4\n"));
+        let s = program(&snap, "t", "eth0", &ends).full();
+        assert!(rules(&s, "from_1").contains(&"fwd to ip daddr map @fwd4"));
         assert!(!s.contains("fwd to \"eth0\""));
         let (snap, ends) = port(Mode::L3s, Flags::Bridge);
-        let s = ruleset(&snap, "t", "eth0", &ends);
-        let master = &s[s.find("chain from_master").unwrap()..];
-        let master = &master[..master.find("  }").unwrap()];
-        assert!(!master.contains("fwd"));
+        let s = program(&snap, "t", "eth0", &ends).full();
+        assert!(!rules(&s, "from_master").iter().any(|r| r.contains("fwd")));
+    }
+
+    #[test]
+    fn a_mode_change_rebuilds_the_chains_not_the_elements() {
+        let (snap, ends) = port(Mode::L2, Flags::Bridge);
+        let old = program(&snap, "t", "eth0", &ends);
+        let (snap, ends) = port(Mode::L2, Flags::Private);
+        let s = program(&snap, "t", "eth0", &ends)
+            .update_from(Some(&old))
+            .unwrap();
+        assert!(s.contains("delete chain netdev t from_1"));
+        assert!(!s.contains("element"));
     }
 
     #[test]
@@ -236,7 +240,7 @@ mod tests {
         let mut p = Port::new(M);
         let a = p.add_slave().unwrap();
         p.add_addr(a, "10.0.0.10".parse().unwrap()).unwrap();
-        let s = ruleset(&p.snapshot(), "t", "eth0", &[(a, "ivh2.1".into())]);
+        let s = program(&p.snapshot(), "t", "eth0", &[(a, "ivh2.1".into())]).full();
         assert!(!s.contains("10.0.0.10"));
     }
 }

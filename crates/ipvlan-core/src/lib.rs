@@ -11,6 +11,7 @@
 
 pub mod compile;
 pub mod decide;
+pub mod nftprog;
 pub mod port;
 pub mod wire;
 

@@ -19,8 +19,10 @@
 //!
 //! One table of each per port, each replaced as one transaction.
 
-use std::fmt::Write;
 use std::net::IpAddr;
+
+use ipvlan_core::SlaveId;
+use ipvlan_core::nftprog::{Part, Program};
 
 /// The guard table's name for the master with this ifindex.
 pub fn table_name(master_ifindex: u32) -> String {
@@ -43,97 +45,110 @@ pub const L3S_TABLE: u32 = 0x1a5b;
 /// Priority of the policy-routing rule (before `main` at 32766).
 pub const L3S_RULE_PREF: u32 = 1_000;
 
-/// `table FAMILY NAME` created (if missing) then deleted: the start of a replacement
-/// that works whether or not the table existed.
-fn replace_prologue(s: &mut String, family: &str, table: &str) {
-    let _ = writeln!(
-        s,
-        "table {family} {table} {{}}\ndelete table {family} {table}"
-    );
-}
-
-/// The slaves4/slaves6 sets with these addresses.
-fn write_sets(s: &mut String, addrs: impl IntoIterator<Item = IpAddr>) {
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+/// The slaves' addresses as elements of `slaves4`/`slaves6`.
+fn add_addrs(prog: &mut Program, addrs: impl IntoIterator<Item = IpAddr>) {
+    prog.declare("set", "slaves4", "{ type ipv4_addr; }");
+    prog.declare("set", "slaves6", "{ type ipv6_addr; }");
     for a in addrs {
-        match a {
-            IpAddr::V4(a) => v4.push(a.to_string()),
-            IpAddr::V6(a) => v6.push(a.to_string()),
-        }
-    }
-    for (name, ty, elems) in [("slaves4", "ipv4_addr", &v4), ("slaves6", "ipv6_addr", &v6)] {
-        let _ = write!(s, "  set {name} {{ type {ty};");
-        if !elems.is_empty() {
-            let _ = write!(s, " elements = {{ {} }};", elems.join(", "));
-        }
-        let _ = writeln!(s, " }}");
+        let set = if a.is_ipv4() { "slaves4" } else { "slaves6" };
+        prog.elements
+            .entry(set.into())
+            .or_default()
+            .insert(a.to_string());
     }
 }
 
-/// The nft script that installs (or replaces) the guard table. With `l3s`, unicast
-/// for slaves is left to the master's stack, where the L3S table diverts it.
-pub fn ruleset<'a>(
+/// The guard table. With `l3s`, unicast for slaves is left to the master's stack,
+/// where the L3S table diverts it.
+pub fn program(
     master_ifindex: u32,
     master: &str,
-    host_ends: impl IntoIterator<Item = &'a str>,
+    host_ends: &[(SlaveId, String)],
     addrs: impl IntoIterator<Item = IpAddr>,
     l3s: bool,
-) -> String {
-    let table = table_name(master_ifindex);
-    let ends: Vec<String> = host_ends.into_iter().map(|e| format!("\"{e}\"")).collect();
-    let mut s = String::new();
-    replace_prologue(&mut s, "netdev", &table);
-    let _ = writeln!(s, "table netdev {table} {{");
-    write_sets(&mut s, addrs);
+) -> Program {
+    let mut prog = Program::new("netdev", table_name(master_ifindex));
+    add_addrs(&mut prog, addrs);
     if !l3s {
-        let _ = writeln!(
-            s,
-            "  chain master_in {{\n    type filter hook ingress device \"{master}\" priority -500; policy accept;\n    meta pkttype {{ broadcast, multicast }} accept\n    ip daddr @slaves4 drop\n    arp daddr ip @slaves4 drop\n    ip6 daddr @slaves6 drop\n  }}"
+        prog.chain(
+            "master_in",
+            &format!(
+                "{{ type filter hook ingress device \"{master}\" priority -500; policy accept; }}"
+            ),
+        );
+        for r in [
+            "meta pkttype { broadcast, multicast } accept",
+            "ip daddr @slaves4 drop",
+            "arp daddr ip @slaves4 drop",
+            "ip6 daddr @slaves6 drop",
+        ] {
+            prog.rule("master_in", r);
+        }
+    }
+    for (id, end) in host_ends {
+        prog.parts.insert(
+            format!("{:05}", id.0),
+            Part {
+                counters: vec![],
+                chain: format!("from_{}", id.0),
+                decl: format!(
+                    "{{ type filter hook ingress device \"{end}\" priority -500; policy drop; }}"
+                ),
+                rules: vec![],
+            },
         );
     }
-    if !ends.is_empty() {
-        let _ = writeln!(
-            s,
-            "  chain host_ends_in {{\n    type filter hook ingress devices = {{ {} }} priority -500; policy drop;\n  }}",
-            ends.join(", ")
-        );
-    }
-    s.push_str("}\n");
-    s
+    prog
 }
 
-/// The nft script that installs (or replaces) the L3S table.
-pub fn l3s_ruleset(
+/// The L3S table.
+pub fn l3s_program(
     master_ifindex: u32,
     master: &str,
     queue: u16,
     addrs: impl IntoIterator<Item = IpAddr>,
-) -> String {
-    let table = l3s_table_name(master_ifindex);
+) -> Program {
+    let mut prog = Program::new("inet", l3s_table_name(master_ifindex));
+    add_addrs(&mut prog, addrs);
     let mark = l3s_mark(queue);
     let egress = crate::EGRESS_MARK;
-    let mut s = String::new();
-    replace_prologue(&mut s, "inet", &table);
-    let _ = writeln!(s, "table inet {table} {{");
-    write_sets(&mut s, addrs);
     // Priority 10: after dstnat (-100), so a DNAT'd destination is what counts.
-    let _ = writeln!(
-        s,
-        "  chain divert {{\n    type filter hook prerouting priority 10; policy accept;\n    iifname \"{master}\" ip daddr @slaves4 meta mark set {mark:#x}\n    iifname \"{master}\" ip6 daddr @slaves6 meta mark set {mark:#x}\n  }}"
+    prog.chain(
+        "divert",
+        "{ type filter hook prerouting priority 10; policy accept; }",
     );
-    let _ = writeln!(
-        s,
-        "  chain silence {{\n    type filter hook output priority 10; policy accept;\n    meta mark != {egress:#x} ip saddr @slaves4 drop\n    meta mark != {egress:#x} ip6 saddr @slaves6 drop\n  }}"
+    prog.rule(
+        "divert",
+        &format!("iifname \"{master}\" ip daddr @slaves4 meta mark set {mark:#x}"),
     );
-    s.push_str("}\n");
-    s
+    prog.rule(
+        "divert",
+        &format!("iifname \"{master}\" ip6 daddr @slaves6 meta mark set {mark:#x}"),
+    );
+    prog.chain(
+        "silence",
+        "{ type filter hook output priority 10; policy accept; }",
+    );
+    prog.rule(
+        "silence",
+        &format!("meta mark != {egress:#x} ip saddr @slaves4 drop"),
+    );
+    prog.rule(
+        "silence",
+        &format!("meta mark != {egress:#x} ip6 saddr @slaves6 drop"),
+    );
+    prog
 }
 
 /// The nft script that removes a port's tables, if present.
 pub fn teardown(master_ifindex: u32) -> String {
     let mut s = String::new();
-    replace_prologue(&mut s, "netdev", &table_name(master_ifindex));
-    replace_prologue(&mut s, "inet", &l3s_table_name(master_ifindex));
+    for (family, table) in [
+        ("netdev", table_name(master_ifindex)),
+        ("inet", l3s_table_name(master_ifindex)),
+    ] {
+        s += &format!("table {family} {table} {{}}\ndelete table {family} {table}\n");
+    }
     s
 }
 
@@ -162,34 +177,31 @@ pub fn l3s_queue_rules(queue: u16) -> Vec<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ruleset_lists_addresses_and_host_ends() {
-        let s = ruleset(
-            3,
-            "eth0",
-            ["ivh3.1", "ivh3.2"],
-            ["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
-            false,
-        );
-        assert!(s.contains("elements = { 10.0.0.2 }"));
-        assert!(s.contains("elements = { fd00::2 }"));
-        assert!(s.contains("devices = { \"ivh3.1\", \"ivh3.2\" }"));
-        assert!(s.contains("device \"eth0\""));
-        assert!(s.starts_with("table netdev ipvlan_rs_3 {}\ndelete table netdev ipvlan_rs_3\n"));
+    fn ends() -> Vec<(SlaveId, String)> {
+        vec![(SlaveId(1), "ivh3.1".into()), (SlaveId(2), "ivh3.2".into())]
     }
 
     #[test]
-    fn empty_sets_have_no_elements_clause() {
-        let s = ruleset(3, "eth0", [], [], false);
-        assert!(!s.contains("elements"));
-        assert!(!s.contains("host_ends_in"));
+    fn guard_lists_addresses_and_closes_host_ends() {
+        let s = program(
+            3,
+            "eth0",
+            &ends(),
+            ["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+            false,
+        )
+        .full();
+        assert!(s.contains("add element netdev ipvlan_rs_3 slaves4 { 10.0.0.2 }"));
+        assert!(s.contains("add element netdev ipvlan_rs_3 slaves6 { fd00::2 }"));
+        assert!(s.contains("device \"ivh3.1\" priority -500; policy drop;"));
+        assert!(s.contains("add rule netdev ipvlan_rs_3 master_in ip daddr @slaves4 drop"));
     }
 
     #[test]
     fn l3s_leaves_slave_unicast_to_the_master_stack() {
-        let s = ruleset(3, "eth0", ["ivh3.1"], ["10.0.0.2".parse().unwrap()], true);
+        let s = program(3, "eth0", &ends(), ["10.0.0.2".parse().unwrap()], true).full();
         assert!(!s.contains("master_in"));
-        let l = l3s_ruleset(3, "eth0", 7, ["10.0.0.2".parse().unwrap()]);
+        let l = l3s_program(3, "eth0", 7, ["10.0.0.2".parse().unwrap()]).full();
         assert!(l.contains("meta mark set 0x1a5b0007"));
         assert!(l.contains("meta mark != 0x1a5a0002 ip saddr @slaves4 drop"));
         assert!(teardown(3).contains("delete table inet ipvlan_rs_l3s_3"));

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ipvlan_core::nftprog::Program;
 use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, compile, ip_multicast_mac};
 use ipvlan_datapath::user::UserBackend;
 use ipvlan_datapath::{Backend, EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
@@ -189,8 +190,10 @@ struct PortRec {
     filtered_for: Option<Mode>,
     /// The mode and flags last written into the host ends' aliases.
     marked: Option<(Mode, Flags)>,
-    /// The nft script last applied (the guard, or the kernel backend's program).
-    guard: String,
+    /// The nft programs last applied: the guard or the kernel backend's program, and
+    /// the L3S table.
+    prog: Option<Program>,
+    l3s_prog: Option<Program>,
     /// The master was up with carrier at the last look.
     master_running: bool,
     /// Present while the port is in L3S mode.
@@ -945,7 +948,8 @@ impl Daemon {
             master_sock,
             filtered_for: None,
             marked: None,
-            guard: String::new(),
+            prog: None,
+            l3s_prog: None,
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
             master_mtu: m.mtu,
@@ -1851,7 +1855,8 @@ impl Daemon {
         p.ns = new_ns.key();
         p.master_index = index;
         p.master_name = master.name.clone();
-        p.guard.clear();
+        p.prog = None;
+        p.l3s_prog = None;
         for (id, h, sock) in found {
             if let Some(rec) = p.slaves.get_mut(&id) {
                 rec.host_index = h;
@@ -1957,6 +1962,7 @@ impl Daemon {
     }
 
     fn leave_l3s(&mut self, pi: usize) {
+        self.ports[pi].l3s_prog = None;
         if let Some(l) = self.ports[pi].l3s.take() {
             let key = self.ports[pi].ns;
             let table = guard::l3s_table_name(self.ports[pi].master_index);
@@ -2069,31 +2075,30 @@ impl Daemon {
                 Err(e) => tracing::error!("socket filters for {}: {e}", p.master_name),
             }
         }
-        let mut script = match p.kind {
-            Backend::Kernel => {
-                let ends: Vec<(SlaveId, String)> = p
-                    .slaves
-                    .iter()
-                    .map(|(&id, r)| (id, r.host_name.clone()))
-                    .collect();
-                compile::ruleset(
-                    &snap,
-                    &guard::table_name(p.master_index),
-                    &p.master_name,
-                    &ends,
-                )
-            }
-            Backend::User => guard::ruleset(
+        let ends: Vec<(SlaveId, String)> = p
+            .slaves
+            .iter()
+            .map(|(&id, r)| (id, r.host_name.clone()))
+            .collect();
+        let prog = match p.kind {
+            Backend::Kernel => compile::program(
+                &snap,
+                &guard::table_name(p.master_index),
+                &p.master_name,
+                &ends,
+            ),
+            Backend::User => guard::program(
                 p.master_index,
                 &p.master_name,
-                p.slaves.values().map(|s| s.host_name.as_str()),
+                &ends,
                 addrs.iter().copied(),
                 p.l3s.is_some(),
             ),
         };
-        if let Some(l) = &p.l3s {
-            script += &guard::l3s_ruleset(p.master_index, &p.master_name, l.num, addrs);
-        }
+        let l3s_prog = p
+            .l3s
+            .as_ref()
+            .map(|l| guard::l3s_program(p.master_index, &p.master_name, l.num, addrs));
         let queue = p.l3s.as_ref().map(|l| l.queue.clone());
         p.backend.update(Plan {
             snap,
@@ -2101,22 +2106,42 @@ impl Daemon {
             queue,
             kernel: p.kind == Backend::Kernel,
         });
-        if script != p.guard
-            && let Some(w) = self.watched.get(&p.ns)
-        {
-            match nft::apply(&w.ns, &script) {
-                Ok(()) => p.guard = script,
-                Err(e) if p.kind == Backend::Kernel => {
-                    tracing::error!(
-                        "the kernel backend cannot run here ({e}); port {} falls back to the user backend",
-                        p.master_name
-                    );
-                    p.kind = Backend::User;
-                    p.filtered_for = None;
-                    self.publish(pi);
-                }
-                Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
+        // Only what changed since the last applied programs; the whole tables if the
+        // update is refused (something else changed them).
+        let mut script = prog.update_from(p.prog.as_ref()).unwrap_or_default();
+        if let Some(l) = &l3s_prog {
+            script += &l.update_from(p.l3s_prog.as_ref()).unwrap_or_default();
+        }
+        if script.is_empty() {
+            return;
+        }
+        let Some(w) = self.watched.get(&p.ns) else {
+            return;
+        };
+        let applied = nft::apply(&w.ns, &script).or_else(|e| {
+            tracing::debug!("incremental nft update refused ({e}); replacing the tables");
+            let mut full = prog.full();
+            if let Some(l) = &l3s_prog {
+                full += &l.full();
             }
+            nft::apply(&w.ns, &full)
+        });
+        match applied {
+            Ok(()) => {
+                p.prog = Some(prog);
+                p.l3s_prog = l3s_prog;
+            }
+            Err(e) if p.kind == Backend::Kernel => {
+                tracing::error!(
+                    "the kernel backend cannot run here ({e}); port {} falls back to the user backend",
+                    p.master_name
+                );
+                p.kind = Backend::User;
+                p.filtered_for = None;
+                p.prog = None;
+                self.publish(pi);
+            }
+            Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
         }
     }
 }

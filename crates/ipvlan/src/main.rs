@@ -30,6 +30,9 @@ struct Cli {
     /// Pretty-print JSON, as `ip -p`.
     #[arg(short = 'p', long = "pretty", global = true)]
     pretty: bool,
+    /// Run in network namespace NAME (`/run/netns/NAME`), as `ip -n`.
+    #[arg(short = 'n', long = "netns", global = true, value_name = "NAME")]
+    netns: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -79,6 +82,18 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(name) = &cli.netns {
+        // As `ip -n`: this process enters the namespace; masters and devices are then
+        // resolved there.
+        let path = format!("/run/netns/{name}");
+        let entered = std::fs::File::open(&path).and_then(|f| {
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+        if let Err(e) = entered {
+            eprintln!("Cannot open network namespace \"{name}\": {e}");
+            return ExitCode::from(1);
+        }
+    }
     match cli.cmd {
         Cmd::Link { args } => client::link(
             &args,
