@@ -44,6 +44,10 @@ fn require_root() {
 
 /// Runs `cmd` with `stdin`, killing it after [`TIMEOUT`]; logs it (shown for failures).
 fn run_with(cmd: &mut Command, stdin: &[u8]) -> Output {
+    run_with_timeout(cmd, stdin, TIMEOUT)
+}
+
+fn run_with_timeout(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -61,11 +65,11 @@ fn run_with(cmd: &mut Command, stdin: &[u8]) -> Output {
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(TIMEOUT) {
+    let out = match rx.recv_timeout(timeout) {
         Ok(r) => r.unwrap_or_else(|e| panic!("waiting for {shown}: {e}")),
         Err(_) => {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            panic!("timed out after {TIMEOUT:?}: {shown}");
+            panic!("timed out after {timeout:?}: {shown}");
         }
     };
     eprintln!(
@@ -144,7 +148,8 @@ fn ipvlan_binary() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
-    let out = run_with(&mut cmd, b"");
+    // On a fresh checkout this compiles the daemon: give it time.
+    let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(900));
     assert!(
         out.status.success() && bin.is_file(),
         "building the ipvlan daemon binary failed:\n{}",

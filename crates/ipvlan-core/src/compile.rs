@@ -25,6 +25,13 @@ use crate::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
 /// Priority of every chain: before anything a user would add at the default.
 const PRIORITY: i32 = -500;
 
+/// Only an IPv4 header that passes the checks of spec §3 (version, IHL, total length)
+/// is keyed: `meta l4proto` is set once netfilter's own IPv4 validation passed, which
+/// is the same check.
+const V4_OK: &str = "meta l4proto 0-255 ";
+/// IPv6: the version field (§3).
+const V6_OK: &str = "ip6 version 6 ";
+
 fn mac(m: &MacAddr) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -87,8 +94,8 @@ pub fn program(
     prog.chain("from_master", &hook(master, "accept"));
     let mut rules = vec!["meta pkttype { broadcast, multicast } accept".to_string()];
     if snap.mode != Mode::L3s {
-        rules.push("fwd to ip daddr map @fwd4".into());
-        rules.push("fwd to ip6 daddr map @fwd6".into());
+        rules.push(format!("{V4_OK}fwd to ip daddr map @fwd4"));
+        rules.push(format!("{V6_OK}fwd to ip6 daddr map @fwd6"));
         rules.push("fwd to arp daddr ip map @fwd4".into());
     }
     for r in &rules {
@@ -118,8 +125,18 @@ pub fn program(
             (Mode::L2, Flags::Vepa) => rules.push(format!("ether saddr {m} fwd to \"{master}\"")),
             (Mode::L2, _) => {
                 let sel = format!("ether saddr {m} ether daddr {m} ");
-                rules.push(local(&sel, "ip daddr", "slaves4", "fwd4"));
-                rules.push(local(&sel, "ip6 daddr", "slaves6", "fwd6"));
+                rules.push(local(
+                    &format!("{sel}{V4_OK}"),
+                    "ip daddr",
+                    "slaves4",
+                    "fwd4",
+                ));
+                rules.push(local(
+                    &format!("{sel}{V6_OK}"),
+                    "ip6 daddr",
+                    "slaves6",
+                    "fwd6",
+                ));
                 rules.push(local(&sel, "arp daddr ip", "slaves4", "fwd4"));
                 // Same MAC, no owner: the kernel's master-stack delivery; not emulated.
                 rules.push(format!("{sel}drop"));
@@ -127,8 +144,10 @@ pub fn program(
             }
             (_, Flags::Vepa) => {}
             (_, _) => {
-                rules.push(local("", "ip daddr", "slaves4", "fwd4"));
-                rules.push(local("", "ip6 daddr", "slaves6", "fwd6"));
+                rules.push(local(V4_OK, "ip daddr", "slaves4", "fwd4"));
+                rules.push(local(V6_OK, "ip6 daddr", "slaves6", "fwd6"));
+                // L3 still keys ARP by its target (§3); NOARP slaves ignore it.
+                rules.push(local("", "arp daddr ip", "slaves4", "fwd4"));
             }
         }
         prog.parts.insert(
@@ -187,7 +206,7 @@ mod tests {
         assert!(rules(&s, "from_master").contains(&"fwd to arp daddr ip map @fwd4"));
         let from1 = rules(&s, "from_1");
         assert!(from1.contains(
-            &"ether saddr 52:54:00:12:34:56 ether daddr 52:54:00:12:34:56 fwd to ip daddr map @fwd4"
+            &"ether saddr 52:54:00:12:34:56 ether daddr 52:54:00:12:34:56 meta l4proto 0-255 fwd to ip daddr map @fwd4"
         ));
         assert!(from1.contains(&"ether saddr 52:54:00:12:34:56 fwd to \"eth0\""));
         assert!(from1.contains(&"ether saddr != 52:54:00:12:34:56 counter name \"spoof_1\" drop"));
@@ -216,7 +235,8 @@ mod tests {
     fn l3_switches_by_key_only_and_l3s_leaves_the_master_alone() {
         let (snap, ends) = port(Mode::L3, Flags::Bridge);
         let s = program(&snap, "t", "eth0", &ends).full();
-        assert!(rules(&s, "from_1").contains(&"fwd to ip daddr map @fwd4"));
+        assert!(rules(&s, "from_1").contains(&"meta l4proto 0-255 fwd to ip daddr map @fwd4"));
+        assert!(rules(&s, "from_1").contains(&"fwd to arp daddr ip map @fwd4"));
         assert!(!s.contains("fwd to \"eth0\""));
         let (snap, ends) = port(Mode::L3s, Flags::Bridge);
         let s = program(&snap, "t", "eth0", &ends).full();

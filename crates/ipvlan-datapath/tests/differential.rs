@@ -1,0 +1,877 @@
+//! Differential test (issue 4, item 2): the same frames go through the core's decision
+//! function and through the compiled nftables program on real devices, and where each
+//! frame went is compared.
+//!
+//! No daemon: one scratch namespace holds the master `eth0` (a veth whose peer `wire` is
+//! the outside) and three slaves, each a veth pair `ivhN` (host end) <-> `slvN` (the
+//! slave end, carrying the master's MAC). A [`Port`] with the mode and flags under test
+//! is compiled with `ipvlan_core::compile` and applied with `nft`. Every frame of a
+//! corpus is then injected from the wire (it arrives on `eth0`'s ingress:
+//! [`Ingress::Master`]) and from each slave (it arrives on `ivhN`'s ingress:
+//! [`Ingress::Slave`]), and packet sockets on `wire` and every `slvN` record where it
+//! comes out.
+//!
+//! What the program owes, given `decide()`'s verdict (the kernel backend's division of
+//! labour, see `ipvlan_datapath::Backend::filters` and the user backend's `switch`):
+//!
+//! * frames whose destination MAC is unicast: `ToSlave(T)` comes out at `slvT` only,
+//!   `ToWire` at `wire` only, everything else (`Drop`, `ToMasterStack`, `Pass`,
+//!   `Route`) nowhere; a `Drop(Private)` is counted in `private_N`;
+//! * frames whose destination MAC is a group address are userspace's (fan-out, and the
+//!   L3 ARP/DAD diversion of spec §5.3): the program delivers them nowhere, whatever
+//!   `decide()` says;
+//! * the documented deviation: a frame a slave sends with a source MAC other than the
+//!   master's is not switched (dropped, counted in `spoof_N`), whatever `decide()` says;
+//! * runts (shorter than an Ethernet header) cannot even be sent.
+//!
+//! Each batch (the corpus from one ingress) is sent in one go, then every socket is
+//! drained for [`SETTLE`]; frames are told apart by their bytes (each carries a unique
+//! marker where it has room), so one wait covers the batch. The counters are read
+//! after every frame and once more at the end (a late increment fails the test).
+//!
+//! Disagreements that are bugs of the program are listed in [`known_bug`]: the per-mode
+//! tests print them but do not fail on them; `known_bugs` (ignored) fails until they
+//! are fixed. Run with `--nocapture` to see the tables.
+//!
+//! Root only: panics with a clear message otherwise. Each port runs in its own
+//! namespace, so the tests run in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
+use ipvlan_core::{
+    Decision, Flags, Ingress, MacAddr, McFilter, Mode, Port, PortSnapshot, SlaveId, compile, decide,
+};
+use ipvlan_sys::NetNs;
+use ipvlan_sys::nft;
+use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
+
+/// The master's MAC, which every slave end carries too.
+const M: MacAddr = [0x02, 0x1a, 0x5a, 0x00, 0x00, 0x01];
+/// A foreign MAC (the gateway, or a slave forging its source).
+const F: MacAddr = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
+/// Another unicast MAC (a neighbour on the wire).
+const O: MacAddr = [0x02, 0x00, 0x00, 0x00, 0x00, 0x77];
+const BCAST: MacAddr = [0xff; 6];
+const MC4: MacAddr = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+const MC6_SOL2: MacAddr = [0x33, 0x33, 0xff, 0x00, 0x00, 0x02];
+const PAUSE: MacAddr = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x01];
+
+const TABLE: &str = "ipvlan_diff";
+const SLAVES: usize = 3;
+/// How long to wait for stragglers after the last frame of a batch.
+const SETTLE: Duration = Duration::from_millis(150);
+
+const fn v4(last: u8) -> [u8; 4] {
+    [10, 0, 0, last]
+}
+
+const fn v6(last: u8) -> [u8; 16] {
+    [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last,
+    ]
+}
+
+/// Slave slot `i` (0-based) holds 10.0.0.(i+1) and 2001:db8::(i+1); slot 2 is down.
+const UP: [bool; SLAVES] = [true, true, false];
+const UNKNOWN4: [u8; 4] = v4(254);
+const UNKNOWN6: [u8; 16] = v6(0xfe);
+
+fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "root integration test: the differential test builds namespaces, veths and \
+             nftables tables; run it as root (e.g. `sudo ./x test`)"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The scratch namespace
+// ---------------------------------------------------------------------------------------
+
+/// A named namespace, deleted (with every device in it) when dropped.
+struct Scratch {
+    name: String,
+    ns: NetNs,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "ivdiff-{}-{}-{}",
+            std::process::id(),
+            tag,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = match NetNs::open(format!("/run/netns/{name}")) {
+            Ok(ns) => ns,
+            Err(e) => {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                panic!("open /run/netns/{name}: {e}");
+            }
+        };
+        Self { name, ns }
+    }
+
+    fn ip(&self, args: &[&str]) {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args));
+    }
+
+    fn ifindex(&self, dev: &str) -> u32 {
+        let out =
+            run(Command::new("ip").args(["-n", &self.name, "-j", "link", "show", "dev", dev]));
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("ip -j output");
+        v[0]["ifindex"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ifindex for {dev}: {v}")) as u32
+    }
+
+    /// Writes a sysctl of this namespace (from a thread inside it).
+    fn sysctl(&self, path: &str, value: &str) {
+        let full = format!("/proc/sys/{}", path.replace('.', "/"));
+        self.ns
+            .run(|| std::fs::write(&full, value))
+            .and_then(|r| r)
+            .unwrap_or_else(|e| panic!("sysctl {path}={value} in {}: {e}", self.name));
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command, panicking with its output if it fails; returns its stdout.
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    out.stdout
+}
+
+fn mac_str(m: &MacAddr) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+// ---------------------------------------------------------------------------------------
+// The rig: topology, port, program, sockets
+// ---------------------------------------------------------------------------------------
+
+/// Where a frame can come out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    Wire,
+    /// Slave slot (0-based).
+    Slave(usize),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Wire => f.write_str("wire"),
+            Place::Slave(i) => write!(f, "slv{}", i + 1),
+        }
+    }
+}
+
+struct Rig {
+    scratch: Scratch,
+    snap: PortSnapshot,
+    /// dev_id of each slot.
+    ids: [SlaveId; SLAVES],
+    wire: PacketSocket,
+    slaves: Vec<PacketSocket>,
+}
+
+impl Rig {
+    fn new(mode: Mode, flags: Flags) -> Self {
+        let scratch = Scratch::new(&format!("{mode}-{flags}"));
+        // IPv6 off before any device exists, so no device ever emits RS/ND/MLD.
+        scratch.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        scratch.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        let m = mac_str(&M);
+        scratch.ip(&[
+            "link", "add", "eth0", "address", &m, "type", "veth", "peer", "name", "wire",
+        ]);
+        for n in 1..=SLAVES {
+            let (host, slave) = (format!("ivh{n}"), format!("slv{n}"));
+            scratch.ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &slave, "address", &m,
+            ]);
+        }
+        for dev in ["eth0", "wire"] {
+            scratch.ip(&["link", "set", dev, "up"]);
+        }
+        for n in 1..=SLAVES {
+            scratch.ip(&["link", "set", &format!("ivh{n}"), "up"]);
+            scratch.ip(&["link", "set", &format!("slv{n}"), "up"]);
+        }
+
+        let mut port = Port::new(M);
+        port.apply_newlink(Some(mode), Some(flags));
+        let mut ids = [SlaveId(0); SLAVES];
+        for (i, id) in ids.iter_mut().enumerate() {
+            *id = port.add_slave().expect("add_slave");
+            port.set_slave_up(*id, UP[i]);
+            let n = i as u8 + 1;
+            port.add_addr(*id, IpAddr::from(v4(n))).expect("add v4");
+            port.add_addr(*id, IpAddr::from(v6(n))).expect("add v6");
+            port.set_mc_filter(*id, McFilter::new());
+        }
+        let snap = port.snapshot();
+        let ends: Vec<(SlaveId, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, format!("ivh{}", i + 1)))
+            .collect();
+        let script = compile::program(&snap, TABLE, "eth0", &ends).full();
+        if let Err(e) = nft::apply(&scratch.ns, &script) {
+            panic!("applying the compiled program failed: {e}\n{script}");
+        }
+
+        let open = |dev: &str| {
+            let idx = scratch.ifindex(dev);
+            scratch
+                .ns
+                .run(|| PacketSocket::open(idx))
+                .and_then(|r| r)
+                .unwrap_or_else(|e| panic!("packet socket on {dev}: {e}"))
+        };
+        let wire = open("wire");
+        let slaves = (1..=SLAVES).map(|n| open(&format!("slv{n}"))).collect();
+        Self {
+            scratch,
+            snap,
+            ids,
+            wire,
+            slaves,
+        }
+    }
+
+    fn sock(&self, p: Place) -> &PacketSocket {
+        match p {
+            Place::Wire => &self.wire,
+            Place::Slave(i) => &self.slaves[i],
+        }
+    }
+
+    fn places() -> impl Iterator<Item = Place> {
+        std::iter::once(Place::Wire).chain((0..SLAVES).map(Place::Slave))
+    }
+
+    fn slot_of(&self, id: SlaveId) -> Option<usize> {
+        self.ids.iter().position(|i| *i == id)
+    }
+
+    /// The table's named counters: name → packets.
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let out = nft::query(
+            &self.scratch.ns,
+            &["-j", "list", "counters", "table", "netdev", TABLE],
+        )
+        .unwrap_or_else(|e| panic!("nft list counters: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+        let mut map = BTreeMap::new();
+        for obj in v["nftables"].as_array().into_iter().flatten() {
+            if let Some(c) = obj.get("counter") {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                map.insert(name, c["packets"].as_u64().unwrap_or(0));
+            }
+        }
+        map
+    }
+
+    /// Everything the observing sockets received within `wait`.
+    fn drain(&self, wait: Duration) -> Vec<(Place, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; MAX_FRAME];
+        let deadline = Instant::now() + wait;
+        loop {
+            for p in Self::places() {
+                loop {
+                    match self.sock(p).recv(&mut buf) {
+                        Ok(n) => got.push((p, buf[VNET_HDR_LEN.min(n)..n].to_vec())),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("recv on {p}: {e}"),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The corpus
+// ---------------------------------------------------------------------------------------
+
+/// A unique marker carried in every frame that has room for one.
+fn marker(batch: u32, idx: usize) -> [u8; 8] {
+    let mut m = *b"DIFF\0\0\0\0";
+    m[4..].copy_from_slice(&((batch << 8) | idx as u32).to_be_bytes());
+    m
+}
+
+fn udp4(dst: MacAddr, src: MacAddr, sip: [u8; 4], dip: [u8; 4], mk: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .udp(1234, 5678);
+    let mut out = Vec::new();
+    b.write(&mut out, mk).expect("udp4");
+    out
+}
+
+fn udp6(dst: MacAddr, src: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv6(sip, dip, 64)
+        .udp(1234, 5678);
+    let mut out = Vec::new();
+    b.write(&mut out, mk).expect("udp6");
+    out
+}
+
+/// An ARP packet, the marker after it (as Ethernet padding).
+fn arp(
+    dst: MacAddr,
+    src: MacAddr,
+    op: ArpOperation,
+    spa: [u8; 4],
+    tpa: [u8; 4],
+    mk: &[u8],
+) -> Vec<u8> {
+    let tha = if op == ArpOperation::REPLY {
+        dst
+    } else {
+        [0; 6]
+    };
+    let pkt = ArpPacket::new(
+        ArpHardwareId::ETHERNET,
+        EtherType::IPV4,
+        op,
+        &src,
+        &spa,
+        &tha,
+        &tpa,
+    )
+    .expect("arp");
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src, dst)
+        .arp(pkt)
+        .write(&mut out)
+        .expect("arp");
+    out.extend_from_slice(mk);
+    out
+}
+
+/// A DAD probe: NS from `::` to the solicited-node group of `target`, sent to `dst`.
+fn dad(dst: MacAddr, src: MacAddr, target: [u8; 16], mk: &[u8]) -> Vec<u8> {
+    let mut group = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    group[13..].copy_from_slice(&target[13..]);
+    let mut body = target.to_vec();
+    body.extend_from_slice(mk);
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv6([0; 16], group, 255)
+        .icmpv6_raw(135, 0, [0; 4]);
+    let mut out = Vec::new();
+    b.write(&mut out, &body).expect("dad");
+    out
+}
+
+fn raw(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const ETH: usize = 14;
+
+/// The frames, with their labels; `batch` makes the markers unique per batch.
+fn corpus(batch: u32) -> Vec<(&'static str, Vec<u8>)> {
+    type Build = fn(&[u8]) -> Vec<u8>;
+    let list: Vec<(&'static str, Build)> = vec![
+        // Unicast, source = master MAC, destination = master MAC.
+        ("ip4 M>M to s1", |mk| udp4(M, M, v4(1), v4(1), mk)),
+        ("ip4 M>M to s2", |mk| udp4(M, M, v4(1), v4(2), mk)),
+        ("ip4 M>M to s3(down)", |mk| udp4(M, M, v4(1), v4(3), mk)),
+        ("ip4 M>M to unknown", |mk| udp4(M, M, v4(1), UNKNOWN4, mk)),
+        ("ip6 M>M to s1", |mk| udp6(M, M, v6(2), v6(1), mk)),
+        ("ip6 M>M to s2", |mk| udp6(M, M, v6(1), v6(2), mk)),
+        ("ip6 M>M to unknown", |mk| udp6(M, M, v6(1), UNKNOWN6, mk)),
+        ("arp-reply M>M to s1", |mk| {
+            arp(M, M, ArpOperation::REPLY, v4(2), v4(1), mk)
+        }),
+        ("arp-reply M>M to s2", |mk| {
+            arp(M, M, ArpOperation::REPLY, v4(1), v4(2), mk)
+        }),
+        ("arp-reply M>M to unknown", |mk| {
+            arp(M, M, ArpOperation::REPLY, v4(1), UNKNOWN4, mk)
+        }),
+        ("dad-ns M>M (unicast) tgt s2", |mk| dad(M, M, v6(2), mk)),
+        ("ip4 IHL=3 M>M to s2", |mk| {
+            let mut f = udp4(M, M, v4(1), v4(2), mk);
+            f[ETH] = 0x43;
+            f
+        }),
+        ("ip4 totlen>len M>M to s2", |mk| {
+            let mut f = udp4(M, M, v4(1), v4(2), mk);
+            let tl = u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]) + 1;
+            f[ETH + 2..ETH + 4].copy_from_slice(&tl.to_be_bytes());
+            f
+        }),
+        ("ip4 version=6 M>M to s2", |mk| {
+            let mut f = udp4(M, M, v4(1), v4(2), mk);
+            f[ETH] = 0x65;
+            f
+        }),
+        ("ip6 version=4 M>M to s2", |mk| {
+            let mut f = udp6(M, M, v6(1), v6(2), mk);
+            f[ETH] = 0x40;
+            f
+        }),
+        ("ip6 hdr truncated M>M to s2", |mk| {
+            let f = udp6(M, M, v6(1), v6(2), mk);
+            f[..ETH + 39].to_vec()
+        }),
+        ("0x88b5 M>M", |mk| raw(M, M, 0x88b5, mk)),
+        // Unicast, source = master MAC, destination = another MAC.
+        ("ip4 M>O to s2", |mk| udp4(O, M, v4(1), v4(2), mk)),
+        ("ip4 M>O to unknown", |mk| udp4(O, M, v4(1), UNKNOWN4, mk)),
+        ("ip6 M>O to s2", |mk| udp6(O, M, v6(1), v6(2), mk)),
+        ("arp-reply M>O to s2", |mk| {
+            arp(O, M, ArpOperation::REPLY, v4(1), v4(2), mk)
+        }),
+        // Unicast from a foreign MAC (the gateway; a spoofing slave).
+        ("ip4 F>M to s2", |mk| udp4(M, F, v4(100), v4(2), mk)),
+        ("ip6 F>M to s2", |mk| udp6(M, F, v6(100), v6(2), mk)),
+        ("arp-reply F>M to s2", |mk| {
+            arp(M, F, ArpOperation::REPLY, v4(100), v4(2), mk)
+        }),
+        ("ip4 F>O to unknown", |mk| udp4(O, F, v4(100), UNKNOWN4, mk)),
+        ("ip4 F>F to s2", |mk| udp4(F, F, v4(100), v4(2), mk)),
+        // Group destinations.
+        ("arp-req M>bcast for s2", |mk| {
+            arp(BCAST, M, ArpOperation::REQUEST, v4(1), v4(2), mk)
+        }),
+        ("arp-req F>bcast for s2", |mk| {
+            arp(BCAST, F, ArpOperation::REQUEST, v4(100), v4(2), mk)
+        }),
+        ("ip4 M>mcast 224.0.0.1", |mk| {
+            udp4(MC4, M, v4(1), [224, 0, 0, 1], mk)
+        }),
+        ("dad-ns M>33:33:ff tgt s2", |mk| dad(MC6_SOL2, M, v6(2), mk)),
+        ("0x88cc M>bcast", |mk| raw(BCAST, M, 0x88cc, mk)),
+        ("pause M>01:80:c2:0:0:1", |mk| {
+            let mut p = vec![0x00, 0x01, 0xff, 0xff];
+            p.extend_from_slice(mk);
+            raw(PAUSE, M, 0x8808, &p)
+        }),
+        // Runts and garbage.
+        ("runt 13 bytes", |_| raw(M, M, 0x0800, &[])[..13].to_vec()),
+        ("hdr only 14B ip4 M>M", |_| raw(M, M, 0x0800, &[])),
+    ];
+    let frames: Vec<(&'static str, Vec<u8>)> = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, (label, build))| (label, build(&marker(batch, i))))
+        .collect();
+    let distinct: BTreeSet<&Vec<u8>> = frames.iter().map(|(_, f)| f).collect();
+    assert_eq!(
+        distinct.len(),
+        frames.len(),
+        "corpus frames must be distinct"
+    );
+    frames
+}
+
+// ---------------------------------------------------------------------------------------
+// Expectation, observation, comparison
+// ---------------------------------------------------------------------------------------
+
+/// Where a frame went, and which of the program's counters it moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Outcome {
+    places: BTreeSet<Place>,
+    /// Counter name → packets added.
+    counted: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = if self.places.is_empty() {
+            "-".to_string()
+        } else {
+            self.places
+                .iter()
+                .map(Place::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for (c, n) in &self.counted {
+            let _ = write!(s, " {c}+{n}");
+        }
+        f.write_str(&s)
+    }
+}
+
+/// What the compiled program must do with `frame` entering at `ingress`, given
+/// `decide()`'s verdict `d` (the division of labour in the module documentation).
+fn program_share(
+    rig: &Rig,
+    ingress: Ingress,
+    frame: &[u8],
+    d: Decision,
+) -> (Outcome, &'static str) {
+    let mut out = Outcome::default();
+    if frame.len() < ETH {
+        return (out, "runt");
+    }
+    if frame[0] & 1 != 0 {
+        return (out, "group: userspace");
+    }
+    if let Ingress::Slave(s) = ingress
+        && frame[6..12] != M
+    {
+        out.counted.insert(compile::spoof_counter(s), 1);
+        return (out, "spoof: deviation");
+    }
+    let why = match d {
+        Decision::ToSlave(t) => {
+            out.places
+                .insert(Place::Slave(rig.slot_of(t).expect("known slave")));
+            ""
+        }
+        Decision::ToWire => {
+            out.places.insert(Place::Wire);
+            ""
+        }
+        Decision::Drop(ipvlan_core::DropReason::Private) => {
+            if let Ingress::Slave(s) = ingress {
+                out.counted.insert(compile::private_counter(s), 1);
+            }
+            ""
+        }
+        Decision::Route => "route: userspace",
+        Decision::Flood { .. } => "flood: userspace",
+        _ => "",
+    };
+    (out, why)
+}
+
+fn show_decision(rig: &Rig, d: Decision) -> String {
+    match d {
+        Decision::ToSlave(t) => match rig.slot_of(t) {
+            Some(i) => format!("ToSlave(slv{})", i + 1),
+            None => format!("ToSlave({t})"),
+        },
+        Decision::Drop(r) => format!("Drop({r})"),
+        Decision::Flood { to_wire, .. } => {
+            if to_wire {
+                "Flood+wire".into()
+            } else {
+                "Flood".into()
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Disagreements this test found that are bugs of the compiled program
+/// (`ipvlan_core::compile`), not of the test. The per-mode tests print these rows but
+/// do not assert them; [`known_bugs`] (ignored until they are fixed) asserts every row.
+///
+/// * A: the program switches IPv4/IPv6 by `ip daddr`/`ip6 daddr` without the header
+///   checks of the demux key (spec §3: version, IHL ≥ 5, IHL·4 ≤ total length ≤ bytes
+///   present; IPv6 version): decide() finds no key (Pass, ToMasterStack,
+///   Drop(malformed)) but the frame reaches the owner of the destination, and with
+///   `private` it is counted in `private_N`.
+/// * B: on L3/L3S host ends the program has no ARP rule, so unicast ARP from a slave
+///   to another slave's address (decide(): ToSlave by the ARP target, spec §4.2) is
+///   dropped; the kernel backend's switching thread skips unicast ToSlave, so nobody
+///   delivers it.
+/// * C: a DAD probe (NS from `::`) with a unicast destination MAC is keyed by its target
+///   (spec §3) in decide(), by its IPv6 destination (the solicited-node group) in the
+///   program: not delivered (and not counted `private`).
+fn known_bug(_mode: Mode, _ingress: Ingress, frame: &str) -> Option<&'static str> {
+    // C: a DAD probe (NS from ::) sent to a unicast MAC is keyed by its target in
+    // decide() (§3) but by its destination in the program, which finds no owner. Real
+    // DAD probes go to a multicast MAC, which userspace handles.
+    (frame == "dad-ns M>M (unicast) tgt s2").then_some("C")
+}
+
+struct Row {
+    ingress: String,
+    frame: &'static str,
+    decide: String,
+    known_bug: Option<&'static str>,
+    expected: Outcome,
+    note: &'static str,
+    observed: Outcome,
+    /// Anything odd seen for this frame (a modified copy, a refused send).
+    extra: String,
+}
+
+impl Row {
+    fn agrees(&self) -> bool {
+        self.expected == self.observed
+    }
+}
+
+/// Injects the corpus at one ingress and records the outcome of every frame.
+fn run_batch(rig: &Rig, batch: u32, from: Option<usize>, rows: &mut Vec<Row>, noise: &mut usize) {
+    let frames = corpus(batch);
+    let (ingress, sender, label) = match from {
+        None => (Ingress::Master, &rig.wire, "master".to_string()),
+        Some(i) => (
+            Ingress::Slave(rig.ids[i]),
+            &rig.slaves[i],
+            format!("slv{}{}", i + 1, if UP[i] { "" } else { "(down)" }),
+        ),
+    };
+    // Anything left over from before is not ours.
+    *noise += rig.drain(Duration::from_millis(10)).len();
+
+    let mut last = rig.counters();
+    let mut deltas: Vec<BTreeMap<String, u64>> = Vec::new();
+    let mut refused: Vec<Option<String>> = Vec::new();
+    for (_, f) in &frames {
+        let mut buf = vec![0u8; VNET_HDR_LEN];
+        buf.extend_from_slice(f);
+        refused.push(match sender.send(&buf) {
+            Ok(_) => None,
+            Err(e) if f.len() < ETH && e.raw_os_error() == Some(libc_einval()) => {
+                Some(" send refused (EINVAL)".into())
+            }
+            Err(e) => panic!("send of {} bytes from {label}: {e}", f.len()),
+        });
+        let now = rig.counters();
+        let delta = now
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v - last.get(k).copied().unwrap_or(0);
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect();
+        deltas.push(delta);
+        last = now;
+    }
+    let got = rig.drain(SETTLE);
+    assert_eq!(
+        rig.counters(),
+        last,
+        "counters moved after the last frame from {label}: per-frame attribution unreliable"
+    );
+
+    let mut observed: Vec<Outcome> = deltas
+        .into_iter()
+        .map(|counted| Outcome {
+            places: BTreeSet::new(),
+            counted,
+        })
+        .collect();
+    let mut extra: Vec<String> = refused.into_iter().map(Option::unwrap_or_default).collect();
+    for (place, bytes) in got {
+        if let Some(i) = frames.iter().position(|(_, f)| *f == bytes) {
+            if !observed[i].places.insert(place) {
+                let _ = write!(extra[i], " dup@{place}");
+            }
+        } else if let Some(i) = (0..frames.len()).find(|&i| {
+            let mk = marker(batch, i);
+            bytes.windows(mk.len()).any(|w| w == mk)
+        }) {
+            let _ = write!(extra[i], " modified copy@{place}");
+            observed[i].places.insert(place);
+        } else {
+            *noise += 1;
+            eprintln!(
+                "noise at {place} during {label}: {} bytes {:02x?}",
+                bytes.len(),
+                &bytes[..bytes.len().min(34)]
+            );
+        }
+    }
+
+    for (((name, f), obs), extra) in frames.iter().zip(observed).zip(extra) {
+        let d = decide(&rig.snap, ingress, f);
+        let (expected, note) = program_share(rig, ingress, f, d);
+        rows.push(Row {
+            ingress: label.clone(),
+            frame: name,
+            decide: show_decision(rig, d),
+            known_bug: known_bug(rig.snap.mode, ingress, name),
+            expected,
+            note,
+            observed: obs,
+            extra,
+        });
+    }
+}
+
+fn libc_einval() -> i32 {
+    nix::errno::Errno::EINVAL as i32
+}
+
+/// Every mode and flag the kernel backend compiles differently.
+const PORTS: [(Mode, Flags); 7] = [
+    (Mode::L2, Flags::Bridge),
+    (Mode::L2, Flags::Private),
+    (Mode::L2, Flags::Vepa),
+    (Mode::L3, Flags::Bridge),
+    (Mode::L3, Flags::Private),
+    (Mode::L3, Flags::Vepa),
+    (Mode::L3s, Flags::Bridge),
+];
+
+/// Runs the whole corpus through one port; prints the table. `Err` lists the rows that
+/// disagree (all of them with `all`, else those not explained by [`known_bug`]).
+fn differential(mode: Mode, flags: Flags, all: bool) -> Result<(), String> {
+    require_root();
+    let started = Instant::now();
+    let rig = Rig::new(mode, flags);
+    let mut rows = Vec::new();
+    let mut noise = 0;
+    run_batch(&rig, 0, None, &mut rows, &mut noise);
+    for i in 0..SLAVES {
+        run_batch(&rig, i as u32 + 1, Some(i), &mut rows, &mut noise);
+    }
+
+    let title = format!("{mode} {flags}");
+    let mut table = format!(
+        "\n== differential: {title} ({} frames, {:?}, {noise} unrelated frames seen) ==\n",
+        rows.len(),
+        started.elapsed()
+    );
+    let _ = writeln!(
+        table,
+        "{:<11} {:<11} {:<29} {:<18} {:<31} {:<16} result",
+        "mode", "ingress", "frame", "decide()", "program must", "observed"
+    );
+    for r in &rows {
+        let must = if r.note.is_empty() {
+            r.expected.to_string()
+        } else {
+            format!("{} ({})", r.expected, r.note)
+        };
+        let verdict = match (r.agrees(), r.known_bug) {
+            (true, _) => "ok".to_string(),
+            (false, Some(b)) => format!("DIFFERS (known bug {b})"),
+            (false, None) => "DIFFERS".to_string(),
+        };
+        let _ = writeln!(
+            table,
+            "{:<11} {:<11} {:<29} {:<18} {:<31} {:<16} {verdict}{}",
+            title, r.ingress, r.frame, r.decide, must, r.observed, r.extra
+        );
+    }
+    println!("{table}");
+
+    let bad: Vec<&Row> = rows
+        .iter()
+        .filter(|r| !r.agrees() && (all || r.known_bug.is_none()))
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "{} of {} frames: the compiled program and decide() disagree ({title}):\n",
+        bad.len(),
+        rows.len()
+    );
+    for r in bad {
+        let _ = writeln!(
+            msg,
+            "  from {} {:?}: decide {} => program must {}, observed {}{}{}",
+            r.ingress,
+            r.frame,
+            r.decide,
+            r.expected,
+            r.observed,
+            r.extra,
+            r.known_bug
+                .map(|b| format!(" [known bug {b}]"))
+                .unwrap_or_default()
+        );
+    }
+    Err(msg)
+}
+
+fn check(mode: Mode, flags: Flags) {
+    if let Err(msg) = differential(mode, flags, false) {
+        panic!("{msg}");
+    }
+}
+
+#[test]
+fn l2_bridge() {
+    check(Mode::L2, Flags::Bridge);
+}
+
+#[test]
+fn l2_private() {
+    check(Mode::L2, Flags::Private);
+}
+
+#[test]
+fn l2_vepa() {
+    check(Mode::L2, Flags::Vepa);
+}
+
+#[test]
+fn l3_bridge() {
+    check(Mode::L3, Flags::Bridge);
+}
+
+#[test]
+fn l3_private() {
+    check(Mode::L3, Flags::Private);
+}
+
+#[test]
+fn l3_vepa() {
+    check(Mode::L3, Flags::Vepa);
+}
+
+#[test]
+fn l3s_bridge() {
+    check(Mode::L3s, Flags::Bridge);
+}
+
+/// Every row of every port, the known gap included: fails until it is closed.
+#[test]
+#[ignore = "gap C: the kernel program keys a DAD probe sent to a unicast MAC by its IPv6 \
+            destination, not its target (real probes use a multicast MAC); see known_bug()"]
+fn known_bugs() {
+    let failed: Vec<String> = PORTS
+        .iter()
+        .filter_map(|&(mode, flags)| differential(mode, flags, true).err())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
