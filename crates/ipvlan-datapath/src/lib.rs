@@ -44,6 +44,8 @@ pub struct Plan {
     /// The kernel backend switches unicast (see `ipvlan_core::compile`); the sockets
     /// then only carry what it leaves: fan-out, routed egress, L3S ingress.
     pub kernel: bool,
+    /// dev_id → index into `slaves` (`u32::MAX`: none): a lookup per frame.
+    by_id: Vec<u32>,
 }
 
 /// Which backend switches a port's unicast.
@@ -76,8 +78,35 @@ impl Backend {
 }
 
 impl Plan {
+    pub fn new(
+        snap: PortSnapshot,
+        slaves: Vec<PlanSlave>,
+        queue: Option<Arc<NfQueue>>,
+        kernel: bool,
+    ) -> Self {
+        let top = slaves
+            .iter()
+            .map(|s| usize::from(s.id.0))
+            .max()
+            .unwrap_or(0);
+        let mut by_id = vec![u32::MAX; top + 1];
+        for (i, s) in slaves.iter().enumerate() {
+            by_id[usize::from(s.id.0)] = i as u32;
+        }
+        Self {
+            snap,
+            slaves,
+            queue,
+            kernel,
+            by_id,
+        }
+    }
+
     /// Index into `slaves` of the slave with this id.
     pub fn position(&self, id: SlaveId) -> Option<usize> {
-        self.slaves.iter().position(|s| s.id == id)
+        match self.by_id.get(usize::from(id.0)) {
+            Some(&i) if i != u32::MAX => Some(i as usize),
+            _ => None,
+        }
     }
 }

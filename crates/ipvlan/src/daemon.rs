@@ -44,6 +44,10 @@ use ipvlan::proto::{self, Notice, Reply, Request, SlaveView, Status};
 
 const LISTENER: Token = Token(0);
 const METRICS: Token = Token(usize::MAX);
+/// nft changes are applied once the daemon has been quiet this long...
+const NFT_QUIET: Duration = Duration::from_millis(30);
+/// ...or at the latest this long after the first of them.
+const NFT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// First NFQUEUE number used for L3S ports.
 const L3S_QUEUE_BASE: u16 = 17_000;
 /// The interface alias that marks a host end as ours.
@@ -194,6 +198,8 @@ struct PortRec {
     /// the L3S table.
     prog: Option<Program>,
     l3s_prog: Option<Program>,
+    /// Programs computed but not applied yet (coalesced, see `Daemon::flush_nft`).
+    pending: Option<(Program, Option<Program>)>,
     /// The master was up with carrier at the last look.
     master_running: bool,
     /// Present while the port is in L3S mode.
@@ -224,6 +230,9 @@ pub struct Daemon {
     backend: Backend,
     /// This daemon's identity in the marks it leaves on host ends.
     owner: String,
+    /// When the oldest unapplied nft change was made, and the latest.
+    nft_since: Option<std::time::Instant>,
+    nft_last: std::time::Instant,
 }
 
 /// Where the opt-in Prometheus endpoint listens.
@@ -342,6 +351,8 @@ impl Daemon {
             metrics: None,
             backend: Backend::Kernel,
             owner: Mark::owner_of(socket),
+            nft_since: None,
+            nft_last: std::time::Instant::now(),
         })
     }
 
@@ -487,10 +498,12 @@ impl Daemon {
     pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(64);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(500)))
-            {
+            let timeout = if self.nft_since.is_some() {
+                NFT_QUIET
+            } else {
+                Duration::from_millis(500)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -511,7 +524,9 @@ impl Daemon {
                     self.drain_monitor(key);
                 }
             }
+            self.flush_nft(false);
         }
+        self.flush_nft(true);
         Ok(())
     }
 
@@ -930,12 +945,7 @@ impl Daemon {
         let backend = UserBackend::start(
             master_sock.clone(),
             Some(raw),
-            Plan {
-                snap: port.snapshot(),
-                slaves: vec![],
-                queue: None,
-                kernel: false,
-            },
+            Plan::new(port.snapshot(), vec![], None, false),
         )?;
         self.ports.push(PortRec {
             ns: ns.key(),
@@ -950,6 +960,7 @@ impl Daemon {
             marked: None,
             prog: None,
             l3s_prog: None,
+            pending: None,
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
             master_mtu: m.mtu,
@@ -1843,12 +1854,7 @@ impl Daemon {
         p.backend = UserBackend::start(
             master_sock.clone(),
             Some(raw),
-            Plan {
-                snap: p.port.snapshot(),
-                slaves: vec![],
-                queue: None,
-                kernel: false,
-            },
+            Plan::new(p.port.snapshot(), vec![], None, false),
         )?;
         p.master_sock = master_sock;
         p.filtered_for = None;
@@ -2100,14 +2106,59 @@ impl Daemon {
             .as_ref()
             .map(|l| guard::l3s_program(p.master_index, &p.master_name, l.num, addrs));
         let queue = p.l3s.as_ref().map(|l| l.queue.clone());
-        p.backend.update(Plan {
-            snap,
-            slaves,
-            queue,
-            kernel: p.kind == Backend::Kernel,
-        });
-        // Only what changed since the last applied programs; the whole tables if the
-        // update is refused (something else changed them).
+        p.backend
+            .update(Plan::new(snap, slaves, queue, p.kind == Backend::Kernel));
+        // Every `nft` run reads the table back, so a burst of slaves created or deleted
+        // costs one run instead of one each (see `flush_nft`).
+        // Coalesced: slaves added or removed (and the addresses that went with them).
+        // At once: everything else, so that a new address, a mode or a flag takes effect
+        // before the request that made it is answered.
+        let only_slaves_came_or_went = p.prog.as_ref().is_some_and(|old| {
+            old.skeleton == prog.skeleton
+                && old.parts.keys().ne(prog.parts.keys())
+                && old
+                    .parts
+                    .iter()
+                    .all(|(k, v)| prog.parts.get(k).is_none_or(|n| n == v))
+                && old
+                    .elements
+                    .iter()
+                    .all(|(set, e)| prog.elements.get(set).is_some_and(|n| n.is_subset(e)))
+        }) && p.l3s_prog == l3s_prog;
+        p.pending = Some((prog, l3s_prog));
+        if !only_slaves_came_or_went {
+            self.apply_nft(pi);
+        } else {
+            let now = std::time::Instant::now();
+            self.nft_since.get_or_insert(now);
+            self.nft_last = now;
+        }
+    }
+
+    /// Applies coalesced nft changes once things are quiet for a moment, or at the
+    /// latest a second after the first of them.
+    fn flush_nft(&mut self, force: bool) {
+        let Some(since) = self.nft_since else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if force || now - self.nft_last >= NFT_QUIET || now - since >= NFT_MAX_DELAY {
+            self.nft_since = None;
+            for pi in 0..self.ports.len() {
+                if self.ports[pi].pending.is_some() {
+                    self.apply_nft(pi);
+                }
+            }
+        }
+    }
+
+    /// Applies a port's pending programs: only what changed since the last applied
+    /// ones, or the whole tables if the update is refused (something else changed them).
+    fn apply_nft(&mut self, pi: usize) {
+        let p = &mut self.ports[pi];
+        let Some((prog, l3s_prog)) = p.pending.take() else {
+            return;
+        };
         let mut script = prog.update_from(p.prog.as_ref()).unwrap_or_default();
         if let Some(l) = &l3s_prog {
             script += &l.update_from(p.l3s_prog.as_ref()).unwrap_or_default();

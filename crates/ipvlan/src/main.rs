@@ -1,5 +1,6 @@
 //! `ipvlan`: the IPvlan device in userspace — CLI, daemon and demo in one binary.
 
+mod bench;
 mod client;
 mod daemon;
 mod demo;
@@ -78,6 +79,11 @@ enum Cmd {
     /// Print the man page (roff), generated from this command line definition.
     #[command(after_help = "Example:\n  ipvlan man > /usr/local/share/man/man8/ipvlan.8")]
     Man,
+    /// Benchmark ipvlan-rs against the kernel's macvlan in scratch namespaces (root).
+    #[command(
+        after_help = "Examples:\n  sudo ipvlan bench\n  sudo ipvlan bench --rounds 5 --backends kernel --json bench.json\n  sudo ipvlan bench --quick"
+    )]
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -142,6 +148,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Bench(args) => match bench::run(args, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipvlan bench: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Demo => match demo::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
