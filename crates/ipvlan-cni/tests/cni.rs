@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -220,16 +219,8 @@ impl World {
         ok(&format!("ip -n {r} link set dev eth0 up"));
 
         let log = File::create(&w.log).expect("daemon log");
-        let mut cmd = Command::new(&bin);
-        // SAFETY: runs in the forked child before exec and only calls prctl(2), which
-        // is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
+        // The world's Drop stops the daemon.
+        let child = Command::new(&bin)
             .args(["daemon", "--socket"])
             .arg(&w.socket)
             .stdin(Stdio::null())
