@@ -11,6 +11,7 @@ pub mod nft;
 pub mod packet;
 pub mod raw;
 pub mod rtnl;
+mod sock;
 pub mod unix;
 
 pub use netns::{NetNs, NsKey};

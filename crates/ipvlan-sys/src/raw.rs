@@ -18,11 +18,12 @@
 //! * Neither socket receives anything (`IPPROTO_RAW` matches no incoming protocol).
 
 use std::io;
-use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
+
+use crate::sock::{cvt, setsockopt_int};
 
 /// Sends header-included IPv4 and IPv6 packets out of one device.
 #[derive(Debug)]
@@ -31,34 +32,6 @@ pub struct RawSender {
     /// `None` when the namespace has IPv6 disabled at build or boot time.
     v6: Option<OwnedFd>,
     ifindex: u32,
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn setsockopt_int(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `fd` is an open socket, the option value points at a live c_int and the
-    // length passed is its size.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
 
 /// Opens one raw socket of `family`, bound to `ifindex`, with `mark`.

@@ -23,8 +23,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -39,20 +38,6 @@ const L3S_TABLE: u32 = 0x1a5b;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// Polls `f` every 100 ms until it is true or `timeout` has passed; returns its last
-/// value.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `link add link MASTER name NAME [GENERIC...] type ipvlan [IPVLAN...]` as arguments.
 fn add_args<'a>(

@@ -40,44 +40,7 @@ const RECOVER: Duration = Duration::from_secs(15);
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// Polls `f` every 100 ms until it is true or `timeout` has passed; returns its last
-/// value.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
-/// Creates `ipvl{i}` on HOST's eth0 with `ipvlan link add ... type ipvlan ARGS`, moves
-/// it to slave namespace `i` and brings it up. Returns its name.
-fn add_slave(t: &Topo, i: usize, args: &[&str]) -> String {
-    let dev = format!("ipvl{i}");
-    let mut a = vec![
-        "link",
-        "add",
-        "link",
-        "eth0",
-        dev.as_str(),
-        "type",
-        "ipvlan",
-    ];
-    a.extend_from_slice(args);
-    t.ipvlan_ok(&t.host, &a);
-    ok(&format!(
-        "ip -n {} link set dev {dev} netns {}",
-        t.host,
-        t.ns(i)
-    ));
-    ok(&format!("ip -n {} link set dev {dev} up", t.ns(i)));
-    dev
-}
 
 /// An L2 bridge slave `ipvl{i}` in namespace `i` with 10.X.0.(10+i)/24,
 /// fd00:X::(10+i)/64 and a default route via the router.

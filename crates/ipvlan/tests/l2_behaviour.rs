@@ -81,20 +81,6 @@ fn configure_slave(t: &Topo, ns: &str, dev: &str, host_part: u32) {
     ));
 }
 
-/// Polls `f` every 100 ms until it is true or `timeout` has passed; returns its last
-/// value.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `ipvlan -j ARGS link show` (run in HOST), as a map ifname -> entry.
 fn show(t: &Topo, opts: &[&str]) -> HashMap<String, Value> {
