@@ -41,8 +41,6 @@ const N: usize = 20;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-
-
 /// An L2 slave `ipvl{i}` in namespace `i` with 10.X.0.(10+i)/24, fd00:X::(10+i)/64 and
 /// a default route via the router.
 fn add_l2_slave(t: &Topo, i: usize, flags: &[&str]) -> String {

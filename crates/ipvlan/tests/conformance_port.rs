@@ -38,7 +38,6 @@ const L3S_TABLE: u32 = 0x1a5b;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-
 /// `link add link MASTER name NAME [GENERIC...] type ipvlan [IPVLAN...]` as arguments.
 fn add_args<'a>(
     master: &'a str,

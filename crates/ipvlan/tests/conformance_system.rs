@@ -40,8 +40,6 @@ const RECOVER: Duration = Duration::from_secs(15);
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-
-
 /// An L2 bridge slave `ipvl{i}` in namespace `i` with 10.X.0.(10+i)/24,
 /// fd00:X::(10+i)/64 and a default route via the router.
 fn add_l2_slave(t: &Topo, i: usize) -> String {

@@ -81,7 +81,6 @@ fn configure_slave(t: &Topo, ns: &str, dev: &str, host_part: u32) {
     ));
 }
 
-
 /// `ipvlan -j ARGS link show` (run in HOST), as a map ifname -> entry.
 fn show(t: &Topo, opts: &[&str]) -> HashMap<String, Value> {
     let mut args: Vec<&str> = vec!["-j"];
