@@ -1,0 +1,182 @@
+//! Restart without loss: the marks host ends carry, and taking slaves back.
+
+use super::*;
+
+/// What a host end's alias records: whose it is and its port's mode and flags, so a
+/// new daemon can take the slave back. Written as
+/// `ipvlan-rs: host end of NAME; master=eth0 ifindex=2 dev_id=1 mode=l2 flags=bridge
+/// daemon=1a2b3c4d`, the last being the daemon's identity (its control socket), so that
+/// two daemons on one machine never take each other's slaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub owner: String,
+    pub slave: String,
+    pub master_index: u32,
+    pub dev_id: SlaveId,
+    pub mode: Mode,
+    pub flags: Flags,
+}
+
+impl Mark {
+    #[allow(clippy::too_many_arguments)]
+    pub fn alias(
+        owner: &str,
+        slave: &str,
+        master: &str,
+        master_index: u32,
+        id: SlaveId,
+        mode: Mode,
+        flags: Flags,
+    ) -> String {
+        format!(
+            "{ALIAS_PREFIX} host end of {slave}; master={master} ifindex={master_index} dev_id={} mode={} flags={} daemon={owner}",
+            id.0,
+            mode.as_str(),
+            flags.as_str()
+        )
+    }
+
+    /// A daemon's identity: a hash of its control socket's path.
+    pub fn owner_of(socket: &Path) -> String {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in socket.as_os_str().as_encoded_bytes() {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+        format!("{h:08x}")
+    }
+
+    pub fn parse(alias: &str) -> Option<Self> {
+        let rest = alias.strip_prefix(ALIAS_PREFIX)?.trim_start();
+        let (head, kv) = rest.split_once(';')?;
+        let slave = head.strip_prefix("host end of ")?.to_string();
+        let get = |k: &str| {
+            kv.split_whitespace()
+                .find_map(|t| t.strip_prefix(k)?.strip_prefix('='))
+        };
+        Some(Self {
+            owner: get("daemon")?.to_string(),
+            slave,
+            master_index: get("ifindex")?.parse().ok()?,
+            dev_id: SlaveId(get("dev_id")?.parse().ok()?),
+            mode: get("mode")?.parse().ok()?,
+            flags: get("flags")?.parse().ok()?,
+        })
+    }
+}
+
+impl Daemon {
+    /// Takes back every slave a previous daemon made: the host ends carry their port's
+    /// state in their alias ([`Mark`]). Unicast the kernel backend switches never
+    /// stopped; the program is replaced by an identical one.
+    pub fn adopt(&mut self) {
+        for (_, ns) in all_namespaces() {
+            let Ok(mut rt) = Rtnl::in_ns(&ns) else {
+                continue;
+            };
+            let Ok(links) = rt.links() else { continue };
+            let mut by_master: BTreeMap<u32, Vec<(Mark, Link)>> = BTreeMap::new();
+            for l in &links {
+                if let Some(m) = l.alias.as_deref().and_then(Mark::parse)
+                    && m.owner == self.owner
+                {
+                    by_master
+                        .entry(m.master_index)
+                        .or_default()
+                        .push((m, l.clone()));
+                }
+            }
+            for (master_index, ends) in by_master {
+                let master = links
+                    .iter()
+                    .find(|l| l.index == master_index && l.mac.is_some());
+                let Some(master) = master else {
+                    // The master is gone: so are its slaves (spec §7.5).
+                    for (_, l) in &ends {
+                        let _ = rt.del_link(l.index);
+                    }
+                    continue;
+                };
+                match self.adopt_port(&ns, master, &ends) {
+                    Ok(n) => {
+                        tracing::info!("took back {n} slave(s) of {} in {}", master.name, ns.key())
+                    }
+                    Err(e) => {
+                        tracing::error!("taking back the slaves of {}: {}", master.name, e.msg)
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn adopt_port(
+        &mut self,
+        ns: &NetNs,
+        master: &Link,
+        ends: &[(Mark, Link)],
+    ) -> Result<usize, Fail> {
+        let pi = self.new_port(ns, master)?;
+        let (mode, flags) = (ends[0].0.mode, ends[0].0.flags);
+        self.ports[pi]
+            .port
+            .apply_changelink(Some(mode), Some(flags));
+        let mut ids = Vec::new();
+        for (mark, host) in ends {
+            let id = mark.dev_id;
+            if self.ports[pi].port.adopt_slave(id).is_err() {
+                continue;
+            }
+            let w = &self.watched[&ns.key()];
+            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            self.ports[pi].slaves.insert(
+                id,
+                SlaveRec {
+                    host_index: host.index,
+                    host_name: host.name.clone(),
+                    sock: Arc::new(sock),
+                    counters: Arc::new(SlaveCounters::default()),
+                    loc: None,
+                    name: mark.slave.clone(),
+                    flags: 0,
+                },
+            );
+            ids.push(id);
+        }
+        for &id in &ids {
+            self.relocate(pi, id);
+        }
+        self.sync_l3s(pi)?;
+        self.publish(pi);
+        Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip() {
+        let a = Mark::alias(
+            "0badf00d",
+            "ipvl0",
+            "eth0",
+            2,
+            SlaveId(7),
+            Mode::L3s,
+            Flags::Private,
+        );
+        assert_eq!(
+            Mark::parse(&a),
+            Some(Mark {
+                owner: "0badf00d".into(),
+                slave: "ipvl0".into(),
+                master_index: 2,
+                dev_id: SlaveId(7),
+                mode: Mode::L3s,
+                flags: Flags::Private
+            })
+        );
+        assert_eq!(Mark::parse("something else"), None);
+        assert_eq!(Mark::parse(&a.replace("mode=l3s", "mode=l4")), None);
+    }
+}

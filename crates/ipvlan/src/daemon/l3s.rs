@@ -1,0 +1,134 @@
+//! L3S plumbing in the master's namespace: policy routing, the NFQUEUE rules, the queue.
+
+use super::*;
+
+impl Daemon {
+    /// Sets up or removes the L3S plumbing so that it matches the port's mode.
+    pub(super) fn sync_l3s(&mut self, pi: usize) -> Result<(), Fail> {
+        let want = self.ports[pi].port.mode() == Mode::L3s;
+        match (want, self.ports[pi].l3s.is_some()) {
+            (true, false) => self.enter_l3s(pi),
+            (false, true) => {
+                self.leave_l3s(pi);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn enter_l3s(&mut self, pi: usize) -> Result<(), Fail> {
+        let used: Vec<u16> = self
+            .ports
+            .iter()
+            .filter_map(|p| p.l3s.as_ref().map(|l| l.num))
+            .collect();
+        let num = (L3S_QUEUE_BASE..L3S_QUEUE_BASE + 4096)
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| refused("Error: no free L3S queue number"))?;
+        let key = self.ports[pi].ns;
+        let w = self
+            .watched
+            .get_mut(&key)
+            .expect("port namespace is watched");
+        let mark = guard::l3s_mark(num);
+        let exists = |r: Result<(), RtnlError>| match r {
+            Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => Ok(()),
+            r => r,
+        };
+        let lo = w
+            .rtnl
+            .link_by_name("lo")?
+            .ok_or_else(|| refused("Error: the master's namespace has no lo"))?;
+        let setup = (|| -> Result<NfQueue, Fail> {
+            for v6 in [false, true] {
+                exists(
+                    w.rtnl
+                        .fwmark_rule(true, v6, mark, guard::L3S_TABLE, guard::L3S_RULE_PREF),
+                )?;
+                exists(
+                    w.rtnl
+                        .local_default_route(true, v6, guard::L3S_TABLE, lo.index),
+                )?;
+            }
+            let rule = guard::l3s_queue_rules(num);
+            let (table, rest) = rule.split_at(2);
+            for prog in ["iptables", "ip6tables"] {
+                // A previous daemon's rule for this queue, if it left one.
+                let mut del: Vec<&str> = table.iter().map(String::as_str).collect();
+                del.push("-D");
+                del.extend(rest.iter().map(String::as_str));
+                while nft::xtables(&w.ns, prog, &del).is_ok() {}
+                let mut args: Vec<&str> = table.iter().map(String::as_str).collect();
+                args.push("-A");
+                args.extend(rest.iter().map(String::as_str));
+                nft::xtables(&w.ns, prog, &args).map_err(|e| {
+                    refused(format!(
+                        "Error: mode l3s needs xtables' NFQUEUE target in the master's namespace: {e}"
+                    ))
+                })?;
+            }
+            Ok(w.ns.run(|| NfQueue::open(num))??)
+        })();
+        match setup {
+            Ok(q) => {
+                self.ports[pi].l3s = Some(L3s {
+                    num,
+                    queue: Arc::new(q),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.remove_l3s_plumbing(key, num);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn leave_l3s(&mut self, pi: usize) {
+        self.ports[pi].l3s_prog = None;
+        if let Some(l) = self.ports[pi].l3s.take() {
+            let key = self.ports[pi].ns;
+            let table = guard::l3s_table_name(self.ports[pi].master_index);
+            if let Some(w) = self.watched.get(&key) {
+                let _ = nft::apply(
+                    &w.ns,
+                    &format!("table inet {table} {{}}\ndelete table inet {table}\n"),
+                );
+            }
+            self.remove_l3s_plumbing(key, l.num);
+        }
+    }
+
+    /// Removes the rules of queue `num`; the shared local route goes with the last one.
+    pub(super) fn remove_l3s_plumbing(&mut self, key: NsKey, num: u16) {
+        let others = self
+            .ports
+            .iter()
+            .any(|p| p.ns == key && p.l3s.as_ref().is_some_and(|l| l.num != num));
+        let Some(w) = self.watched.get_mut(&key) else {
+            return;
+        };
+        let rule = guard::l3s_queue_rules(num);
+        let (table, rest) = rule.split_at(2);
+        for prog in ["iptables", "ip6tables"] {
+            let mut args: Vec<&str> = table.iter().map(String::as_str).collect();
+            args.push("-D");
+            args.extend(rest.iter().map(String::as_str));
+            let _ = nft::xtables(&w.ns, prog, &args);
+        }
+        for v6 in [false, true] {
+            let _ = w.rtnl.fwmark_rule(
+                false,
+                v6,
+                guard::l3s_mark(num),
+                guard::L3S_TABLE,
+                guard::L3S_RULE_PREF,
+            );
+            if !others && let Ok(Some(lo)) = w.rtnl.link_by_name("lo") {
+                let _ = w
+                    .rtnl
+                    .local_default_route(false, v6, guard::L3S_TABLE, lo.index);
+            }
+        }
+    }
+}
