@@ -11,6 +11,8 @@
 
 pub mod compile;
 pub mod decide;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod nftprog;
 pub mod port;
 pub mod wire;

@@ -1,0 +1,6 @@
+//! Fuzz target: `ipvlan_core::fuzzing::decide_input` must never panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = ipvlan_core::fuzzing::decide_input(data);
+});
