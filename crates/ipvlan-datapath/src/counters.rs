@@ -18,8 +18,7 @@ pub enum DropKind {
     /// Unicast between equal MACs whose key no slave owns: the kernel hands it to the
     /// master's own stack (§4.1, §9.1), which the user backend cannot reach.
     NoOwner,
-    /// A frame from a slave whose source MAC is not the master's (the kernel backend
-    /// does not switch those).
+    /// A frame from a slave whose source MAC is not the master's: forged, never sent on.
     Spoof,
     /// L3/L3S egress the master's namespace could not route or send (the driver's
     /// `tx_errors`, spec §4.2).

@@ -366,6 +366,17 @@ impl Io {
                 self.master_counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         };
+        // A slave sending with a source MAC that is not the master's (which it carries)
+        // is forging it: such frames never leave, in either backend (the kernel driver
+        // does not police this; ipvlan-rs does, issue 5).
+        if sender.is_some()
+            && frame
+                .get(6..12)
+                .is_some_and(|src| src != plan.snap.master_mac)
+        {
+            blame(DropKind::Spoof);
+            return;
+        }
         match decide(&plan.snap, ingress, frame) {
             Decision::Pass => {}
             // Unicast the kernel backend already switched: this is the tap's copy.

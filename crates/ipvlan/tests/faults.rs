@@ -1,0 +1,194 @@
+//! Faults and hostile slaves: what happens behind the daemon's back, and frames a
+//! slave forges. Root only: fresh namespaces (see `common`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ipvlan_sys::packet::PacketSocket;
+use serde_json::Value;
+
+/// Two L2 slaves, ipvl0 in ns0 and ipvl1 in ns1, with 10.X.0.10 and .11.
+fn two_slaves(t: &Topo) {
+    for i in 0..2 {
+        let dev = add_slave(t, i, &["mode", "l2"]);
+        ok(&format!(
+            "ip -n {} addr add {}/24 dev {dev}",
+            t.ns(i),
+            t.v4(10 + i as u32)
+        ));
+    }
+    t.assert_ping(t.ns(0), &t.router_v4());
+}
+
+fn listed(t: &Topo) -> Vec<String> {
+    let out = t.ipvlan_ok(&t.host, &["-j", "link", "show"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["ifname"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_deleted_slave_namespace_frees_its_slave_and_addresses() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    ok(&format!("ip netns del {}", t.ns(0)));
+    assert!(
+        eventually(Duration::from_secs(5), || !listed(&t)
+            .contains(&"ipvl0".to_string())),
+        "ipvl0 still listed after its namespace was deleted: {:?}",
+        listed(&t)
+    );
+    // Its address is free: the other slave may take it, and the router reaches it.
+    ok(&format!(
+        "ip -n {} addr add {}/24 dev ipvl1",
+        t.ns(1),
+        t.v4(10)
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    t.assert_ping(&t.router, &t.v4(10));
+}
+
+#[test]
+fn slaves_deleted_behind_the_daemons_back_are_forgotten() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    // The slave end, from inside its namespace.
+    ok(&format!("ip -n {} link del ipvl0", t.ns(0)));
+    // The host end, beside the master (it carries the slave with it).
+    let host_end = {
+        let out = t.ipvlan_ok(&t.host, &["-j", "-d", "link", "show"]);
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        v.as_array()
+            .and_then(|a| a.iter().find(|e| e["ifname"] == "ipvl1"))
+            .and_then(|e| e["host_end"].as_str().map(String::from))
+            .expect("ipvl1's host end")
+    };
+    ok(&format!("ip -n {} link del {host_end}", t.host));
+    assert!(
+        eventually(Duration::from_secs(5), || listed(&t).is_empty()),
+        "slaves still listed: {:?}",
+        listed(&t)
+    );
+    assert!(
+        !link_exists(t.ns(1), "ipvl1"),
+        "deleting the host end left the slave"
+    );
+    // The port is gone too: a new slave starts a fresh one and works.
+    let dev = add_slave(&t, 1, &["mode", "l2"]);
+    ok(&format!(
+        "ip -n {} addr add {}/24 dev {dev}",
+        t.ns(1),
+        t.v4(11)
+    ));
+    t.assert_ping(t.ns(1), &t.router_v4());
+}
+
+/// An Ethernet+IPv4+UDP frame (virtio-net header first) from `src` to the router.
+fn frame(src: [u8; 6], dst: [u8; 6], from: [u8; 4], to: [u8; 4], marker: &[u8]) -> Vec<u8> {
+    let mut udp = vec![0x30, 0x39, 0x30, 0x39];
+    udp.extend_from_slice(&((8 + marker.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(marker);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&from);
+    ip.extend_from_slice(&to);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut f = vec![0u8; 10];
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    v.try_into().expect("six bytes")
+}
+
+fn ifindex(ns: &str, dev: &str) -> u32 {
+    link_json(ns, dev)["ifindex"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no ifindex for {dev} in {ns}")) as u32
+}
+
+#[test]
+fn frames_with_a_forged_source_mac_never_leave_the_master() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    let master = mac_bytes(&mac(&t.host, "eth0"));
+    let router = mac_bytes(&mac(&t.router, "eth0"));
+    let x = t.x as u8;
+    let (from, to) = ([10, x, 0, 10], [10, x, 0, 1]);
+    let forged = frame(
+        [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01],
+        router,
+        from,
+        to,
+        b"forged-mac",
+    );
+    let honest = frame(master, router, from, to, b"honest-mac");
+
+    // Listen on the router's side of the wire.
+    let rx_index = ifindex(&t.router, "eth0");
+    let router_ns = t.router.clone();
+    let listener = std::thread::spawn(move || {
+        in_netns(&router_ns, move || {
+            let sock = PacketSocket::open(rx_index).expect("packet socket on the router");
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 70000];
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                match sock.recv(&mut buf) {
+                    Ok(n) => seen.push(buf[..n].to_vec()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            seen
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let tx_index = ifindex(t.ns(0), "ipvl0");
+    in_netns(t.ns(0), move || {
+        let sock = PacketSocket::open(tx_index).expect("packet socket in ns0");
+        for _ in 0..5 {
+            sock.send(&forged).expect("send forged");
+            sock.send(&honest).expect("send honest");
+        }
+    });
+    let seen = listener.join().expect("listener");
+    let has = |m: &[u8]| seen.iter().any(|f| f.windows(m.len()).any(|w| w == m));
+    assert!(
+        has(b"honest-mac"),
+        "the honest frames did not reach the router either"
+    );
+    assert!(
+        !has(b"forged-mac"),
+        "a frame with a forged source MAC left the master"
+    );
+
+    let out = t.ipvlan_ok(t.ns(0), &["-j", "-s", "link", "show", "dev", "ipvl0"]);
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let spoof = v[0]["stats64"]["drops"]["spoof"].as_u64().unwrap_or(0);
+    assert!(spoof >= 5, "forged frames not counted as spoof: {v}");
+}
