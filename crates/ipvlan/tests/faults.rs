@@ -192,3 +192,36 @@ fn frames_with_a_forged_source_mac_never_leave_the_master() {
     let spoof = v[0]["stats64"]["drops"]["spoof"].as_u64().unwrap_or(0);
     assert!(spoof >= 5, "forged frames not counted as spoof: {v}");
 }
+
+#[test]
+fn a_table_deleted_by_hand_is_restored() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    let tables = ok(&format!("ip netns exec {} nft list tables", t.host));
+    let table = tables
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("table netdev ")
+                .filter(|n| n.starts_with("ipvlan_rs_"))
+        })
+        .unwrap_or_else(|| panic!("no ipvlan-rs table in HOST: {tables}"))
+        .trim()
+        .to_string();
+    ok(&format!(
+        "ip netns exec {} nft delete table netdev {table}",
+        t.host
+    ));
+    let back = eventually(Duration::from_secs(6), || {
+        ok(&format!("ip netns exec {} nft list tables", t.host))
+            .lines()
+            .any(|l| l.trim() == format!("table netdev {table}"))
+    });
+    assert!(back, "the table {table} was not restored");
+    t.assert_ping(&t.router, &t.v4(10));
+    t.assert_ping(t.ns(0), &t.v4(11));
+    assert!(
+        t.daemon().log_text().contains("restoring it"),
+        "no restoration in the log"
+    );
+}

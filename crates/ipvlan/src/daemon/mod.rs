@@ -56,6 +56,8 @@ const METRICS: Token = Token(usize::MAX);
 const NFT_QUIET: Duration = Duration::from_millis(30);
 /// ...or at the latest this long after the first of them.
 const NFT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// How often the ports' nft tables are checked for.
+const TABLE_CHECK: Duration = Duration::from_secs(2);
 /// First NFQUEUE number used for L3S ports.
 const L3S_QUEUE_BASE: u16 = 17_000;
 /// The interface alias that marks a host end as ours.
@@ -175,6 +177,8 @@ pub struct Daemon {
     /// When the oldest unapplied nft change was made, and the latest.
     nft_since: Option<std::time::Instant>,
     nft_last: std::time::Instant,
+    /// When the ports' nft tables were last checked for (see `restore_tables`).
+    checked_tables: std::time::Instant,
 }
 
 /// The IPv6 link-local address the kernel gives an ipvlan slave (spec §1.5): the
@@ -257,6 +261,7 @@ impl Daemon {
             owner: Mark::owner_of(socket),
             nft_since: None,
             nft_last: std::time::Instant::now(),
+            checked_tables: std::time::Instant::now(),
         })
     }
 
@@ -297,6 +302,10 @@ impl Daemon {
                 }
             }
             self.flush_nft(false);
+            if self.checked_tables.elapsed() >= TABLE_CHECK {
+                self.checked_tables = std::time::Instant::now();
+                self.restore_tables();
+            }
         }
         self.flush_nft(true);
         Ok(())
@@ -1053,6 +1062,43 @@ impl Daemon {
             let now = std::time::Instant::now();
             self.nft_since.get_or_insert(now);
             self.nft_last = now;
+        }
+    }
+
+    /// Puts back a port's nft table that someone deleted (`nft delete table ...`,
+    /// `nft flush ruleset`): the whole program is applied again.
+    fn restore_tables(&mut self) {
+        let keys: Vec<NsKey> = self.watched.keys().copied().collect();
+        for key in keys {
+            let listed = match nft::query(&self.watched[&key].ns, &["list", "tables"]) {
+                Ok(out) => out,
+                Err(_) => continue,
+            };
+            let has = |family: &str, table: &str| {
+                listed
+                    .lines()
+                    .any(|l| l.trim() == format!("table {family} {table}"))
+            };
+            for pi in 0..self.ports.len() {
+                let p = &mut self.ports[pi];
+                if p.ns != key {
+                    continue;
+                }
+                let main_gone = p.prog.as_ref().is_some_and(|g| !has(g.family, &g.table));
+                let l3s_gone = p
+                    .l3s_prog
+                    .as_ref()
+                    .is_some_and(|g| !has(g.family, &g.table));
+                if main_gone || l3s_gone {
+                    tracing::warn!(
+                        "the nft table of {} was removed from outside; restoring it",
+                        p.master_name
+                    );
+                    p.prog = None;
+                    p.l3s_prog = None;
+                    self.publish(pi);
+                }
+            }
         }
     }
 
