@@ -17,16 +17,12 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ipvlan::netcheck::spawn_in_netns;
 use serde_json::Value;
 
 /// How long the daemon may take to notice something (an address, a join, a flag).
@@ -151,108 +147,6 @@ fn ping_out(ns: &str, args: &str) -> (bool, String) {
 // UDP listeners and senders inside namespaces
 // ---------------------------------------------------------------------------------------
 
-/// What a [`Listener`] joins.
-enum Join {
-    None,
-    /// IPv4 group on the interface holding that address.
-    V4(Ipv4Addr, Ipv4Addr),
-    /// IPv6 group on the named interface.
-    V6(Ipv6Addr, String),
-}
-
-/// A UDP socket in a namespace, on its own thread, recording every datagram's payload
-/// until dropped.
-struct Listener {
-    what: String,
-    got: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Listener {
-    /// Binds `bind` in `ns`, joins `join`, and returns once the socket is ready.
-    fn start(ns: &str, bind: SocketAddr, join: Join) -> Listener {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (g, s) = (got.clone(), stop.clone());
-        let handle = spawn_in_netns(ns, move || {
-            let setup = || -> Result<UdpSocket, String> {
-                let sock = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
-                match &join {
-                    Join::None => {}
-                    Join::V4(group, iface) => sock
-                        .join_multicast_v4(group, iface)
-                        .map_err(|e| format!("join {group} on {iface}: {e}"))?,
-                    Join::V6(group, dev) => {
-                        let idx = nix::net::if_::if_nametoindex(dev.as_str())
-                            .map_err(|e| format!("ifindex of {dev}: {e}"))?;
-                        sock.join_multicast_v6(group, idx)
-                            .map_err(|e| format!("join {group} on {dev}: {e}"))?
-                    }
-                }
-                sock.set_read_timeout(Some(Duration::from_millis(100)))
-                    .map_err(|e| e.to_string())?;
-                Ok(sock)
-            };
-            let sock = match setup() {
-                Ok(s) => {
-                    let _ = ready_tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    g.lock().expect("listener lock").push(text);
-                }
-            }
-        });
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("listener in {ns}: {e}"),
-            Err(e) => panic!("listener in {ns} never got ready: {e}"),
-        }
-        Listener {
-            what: format!("listener in {ns} on {bind}"),
-            got,
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn received(&self) -> Vec<String> {
-        self.got.lock().expect("listener lock").clone()
-    }
-
-    /// Whether any datagram starting with `prefix` arrived.
-    fn saw(&self, prefix: &str) -> bool {
-        self.received().iter().any(|m| m.starts_with(prefix))
-    }
-
-    /// The distinct payloads starting with `prefix`.
-    fn distinct(&self, prefix: &str) -> BTreeSet<String> {
-        self.received()
-            .into_iter()
-            .filter(|m| m.starts_with(prefix))
-            .collect()
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 /// Sends each payload as one UDP datagram from namespace `ns` to `dst` (a few ms apart).
 fn send_udp(ns: &str, dst: SocketAddr, payloads: Vec<String>, broadcast: bool) {
     in_netns(ns, move || {
@@ -349,7 +243,7 @@ fn multicast_fanout_follows_the_filter() {
     let l0 = Listener::start(
         &ns0,
         (Ipv4Addr::UNSPECIFIED, port).into(),
-        Join::V4(group4, a0),
+        vec![Join::V4(group4, a0)],
     );
     converge(&t, &router, dst, false, &[&l0]);
     let before = rx_packets(&t);
@@ -383,12 +277,12 @@ fn multicast_fanout_follows_the_filter() {
     let l0 = Listener::start(
         &ns0,
         (Ipv4Addr::UNSPECIFIED, port).into(),
-        Join::V4(group4, a0),
+        vec![Join::V4(group4, a0)],
     );
     let lr = Listener::start(
         &router,
         (Ipv4Addr::UNSPECIFIED, port).into(),
-        Join::V4(group4, ar),
+        vec![Join::V4(group4, ar)],
     );
     converge(&t, &ns1, dst, false, &[&l0, &lr]);
     send_and_expect_all(&t, &ns1, dst, false, "s2g", &[&l0, &lr]);
@@ -401,7 +295,7 @@ fn multicast_fanout_follows_the_filter() {
     let l0 = Listener::start(
         &ns0,
         (Ipv6Addr::UNSPECIFIED, port).into(),
-        Join::V6(group6, "ipvl0".into()),
+        vec![Join::V6(group6, "ipvl0".into())],
     );
     converge(&t, &router, dst, false, &[&l0]);
     send_and_expect_all(&t, &router, dst, false, "r2g6", &[&l0]);
@@ -416,8 +310,8 @@ fn broadcast_reaches_every_slave() {
     let port = 5004;
     let bcast: Ipv4Addr = t.v4(255).parse().expect("v4");
     let dst = SocketAddr::new(IpAddr::V4(bcast), port);
-    let l0 = Listener::start(t.ns(0), (Ipv4Addr::UNSPECIFIED, port).into(), Join::None);
-    let l1 = Listener::start(t.ns(1), (Ipv4Addr::UNSPECIFIED, port).into(), Join::None);
+    let l0 = Listener::start(t.ns(0), (Ipv4Addr::UNSPECIFIED, port).into(), vec![]);
+    let l1 = Listener::start(t.ns(1), (Ipv4Addr::UNSPECIFIED, port).into(), vec![]);
     converge(&t, &t.router, dst, true, &[&l0, &l1]);
     send_and_expect_all(&t, &t.router, dst, true, "bcast", &[&l0, &l1]);
 }

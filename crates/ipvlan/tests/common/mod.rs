@@ -15,10 +15,11 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -227,7 +228,7 @@ pub fn link_local(ns: &str, dev: &str) -> String {
     }
 }
 
-pub use ipvlan::netcheck::{in_netns, tcp_transfer};
+pub use ipvlan::netcheck::{in_netns, spawn_in_netns, tcp_transfer};
 
 /// Writes a sysctl value inside namespace `ns` (through /proc/sys of that thread's
 /// namespace; no `sysctl` binary needed). `key` uses dots: `net.ipv6.conf.all.accept_dad`.
@@ -644,4 +645,129 @@ pub fn add_slave(t: &Topo, i: usize, args: &[&str]) -> String {
     ));
     ok(&format!("ip -n {} link set dev {dev} up", t.ns(i)));
     dev
+}
+
+// ---------------------------------------------------------------------------------------
+// UDP listeners inside namespaces
+// ---------------------------------------------------------------------------------------
+
+/// A group to join.
+#[derive(Clone)]
+pub enum Join {
+    /// IPv4 group on the interface holding that address.
+    V4(Ipv4Addr, Ipv4Addr),
+    /// IPv6 group on the named interface.
+    V6(Ipv6Addr, String),
+}
+
+/// A UDP socket in a namespace, on its own thread, recording every datagram's payload
+/// until dropped.
+pub struct Listener {
+    /// Where it listens, for messages.
+    pub what: String,
+    got: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Binds `bind` in `ns`, joins every group of `joins`, and returns once ready.
+    pub fn start(ns: &str, bind: SocketAddr, joins: Vec<Join>) -> Listener {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (g, s) = (got.clone(), stop.clone());
+        let handle = spawn_in_netns(ns, move || {
+            let setup = || -> Result<UdpSocket, String> {
+                let sock = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+                for j in &joins {
+                    match j {
+                        Join::V4(group, iface) => sock
+                            .join_multicast_v4(group, iface)
+                            .map_err(|e| format!("join {group} on {iface}: {e}"))?,
+                        Join::V6(group, dev) => {
+                            let idx = nix::net::if_::if_nametoindex(dev.as_str())
+                                .map_err(|e| format!("ifindex of {dev}: {e}"))?;
+                            sock.join_multicast_v6(group, idx)
+                                .map_err(|e| format!("join {group} on {dev}: {e}"))?
+                        }
+                    }
+                }
+                sock.set_read_timeout(Some(Duration::from_millis(100)))
+                    .map_err(|e| e.to_string())?;
+                Ok(sock)
+            };
+            let sock = match setup() {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    g.lock().expect("listener lock").push(text);
+                }
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("listener in {ns}: {e}"),
+            Err(e) => panic!("listener in {ns} never got ready: {e}"),
+        }
+        Listener {
+            what: format!("listener in {ns} on {bind}"),
+            got,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn received(&self) -> Vec<String> {
+        self.got.lock().expect("listener lock").clone()
+    }
+
+    /// Whether any datagram starting with `prefix` arrived.
+    pub fn saw(&self, prefix: &str) -> bool {
+        self.received().iter().any(|m| m.starts_with(prefix))
+    }
+
+    /// How many distinct payloads start with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.received()
+            .into_iter()
+            .filter(|m| m.starts_with(prefix))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// The distinct payloads starting with `prefix`.
+    pub fn distinct(&self, prefix: &str) -> BTreeSet<String> {
+        self.received()
+            .into_iter()
+            .filter(|m| m.starts_with(prefix))
+            .collect()
+    }
+
+    /// How many payloads (duplicates included) start with `prefix`.
+    pub fn count_all(&self, prefix: &str) -> usize {
+        self.received()
+            .iter()
+            .filter(|m| m.starts_with(prefix))
+            .count()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
