@@ -57,22 +57,7 @@ fn add_l2_slave(t: &Topo, i: usize, flags: &[&str]) -> String {
 
 /// `ipvlan -j ARGS link show` (run in HOST), as a map ifname -> entry.
 fn show(t: &Topo, opts: &[&str]) -> HashMap<String, Value> {
-    let mut args: Vec<&str> = vec!["-j"];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["link", "show"]);
-    let out = t.ipvlan_ok(&t.host, &args);
-    let v: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("`ipvlan {args:?}` is not JSON ({e}): {out}"));
-    v.as_array()
-        .unwrap_or_else(|| panic!("`ipvlan {args:?}` is not an array: {v}"))
-        .iter()
-        .map(|e| {
-            (
-                e["ifname"].as_str().unwrap_or_default().to_string(),
-                e.clone(),
-            )
-        })
-        .collect()
+    links_by_name(t, &t.host, opts)
 }
 
 /// A slave's drop counter for `reason` (0 when absent), from `ipvlan -j -s link show`.

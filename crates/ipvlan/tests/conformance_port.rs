@@ -60,19 +60,7 @@ fn add(t: &Topo, ns: &str, master: &str, name: &str, opts: &[&str]) {
 
 /// `ipvlan -j -d link show` (run in `ns`), as a map ifname -> entry.
 fn show(t: &Topo, ns: &str) -> HashMap<String, Value> {
-    let out = t.ipvlan_ok(ns, &["-j", "-d", "link", "show"]);
-    let v: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("`ipvlan -j -d link show` is not JSON ({e}): {out}"));
-    v.as_array()
-        .unwrap_or_else(|| panic!("`ipvlan -j -d link show` is not an array: {v}"))
-        .iter()
-        .map(|e| {
-            (
-                e["ifname"].as_str().unwrap_or_default().to_string(),
-                e.clone(),
-            )
-        })
-        .collect()
+    links_by_name(t, ns, &["-d"])
 }
 
 /// The `ipvlan -j -d link show` entry of `name`.

@@ -57,22 +57,7 @@ fn add_l2_slave(t: &Topo, i: usize) -> String {
 
 /// `ipvlan -j ARGS link show` (run in `ns`), as a map ifname -> entry.
 fn show_in(t: &Topo, ns: &str, opts: &[&str]) -> HashMap<String, Value> {
-    let mut args: Vec<&str> = vec!["-j"];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["link", "show"]);
-    let out = t.ipvlan_ok(ns, &args);
-    let v: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("`ipvlan {args:?}` is not JSON ({e}): {out}"));
-    v.as_array()
-        .unwrap_or_else(|| panic!("`ipvlan {args:?}` is not an array: {v}"))
-        .iter()
-        .map(|e| {
-            (
-                e["ifname"].as_str().unwrap_or_default().to_string(),
-                e.clone(),
-            )
-        })
-        .collect()
+    links_by_name(t, ns, opts)
 }
 
 /// `ipvlan -j -d link show`, run in HOST.

@@ -12,7 +12,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -770,4 +770,24 @@ impl Drop for Listener {
             let _ = h.join();
         }
     }
+}
+
+/// `ipvlan -j OPTS link show` run in `ns`, as a map ifname -> entry.
+pub fn links_by_name(t: &Topo, ns: &str, opts: &[&str]) -> HashMap<String, Value> {
+    let mut args: Vec<&str> = vec!["-j"];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["link", "show"]);
+    let out = t.ipvlan_ok(ns, &args);
+    let v: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("`ipvlan {args:?}` is not JSON ({e}): {out}"));
+    v.as_array()
+        .unwrap_or_else(|| panic!("`ipvlan {args:?}` is not an array: {v}"))
+        .iter()
+        .map(|e| {
+            (
+                e["ifname"].as_str().unwrap_or_default().to_string(),
+                e.clone(),
+            )
+        })
+        .collect()
 }
