@@ -171,7 +171,7 @@ impl Dns {
 }
 
 /// The network configuration as it arrives on stdin: the reference ipvlan plugin's
-/// fields, plus the ipvlan-rs extension `flag`.
+/// fields, plus the ipvlan-rs extensions `flag` and `sourceGuard`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawConf {
@@ -194,6 +194,10 @@ pub struct RawConf {
     /// ipvlan-rs extension: the port flag, `bridge` (default), `private` or `vepa`.
     #[serde(default)]
     pub flag: Option<String>,
+    /// ipvlan-rs extension: turn the port's source guard on (`true`) or off; absent
+    /// leaves it as it is.
+    #[serde(default)]
+    pub source_guard: Option<bool>,
 }
 
 /// The configuration, checked.
@@ -203,6 +207,7 @@ pub struct NetConf {
     pub master: Option<String>,
     pub mode: Mode,
     pub flags: Option<Flags>,
+    pub source_guard: Option<bool>,
     pub mtu: Option<u32>,
     pub link_in_container: bool,
     /// The IPAM plugin's name (`ipam.type`), if IPAM is configured.
@@ -290,6 +295,7 @@ impl NetConf {
             master: c.master.filter(|m| !m.is_empty()),
             mode,
             flags,
+            source_guard: c.source_guard,
             mtu: c.mtu.filter(|&m| m != 0),
             link_in_container: c.link_in_container,
             ipam_type,
@@ -479,13 +485,14 @@ mod tests {
     fn all_fields_and_extension() {
         let c = conf(
             r#"{"cniVersion":"0.4.0","name":"n","type":"ipvlan","master":"eth1","mode":"l3s",
-                "mtu":1400,"linkInContainer":true,"flag":"private",
+                "mtu":1400,"linkInContainer":true,"flag":"private","sourceGuard":true,
                 "dns":{"nameservers":["10.0.0.53"]},"prevResult":{"cniVersion":"0.4.0"},
                 "unknownField": 1}"#,
         )
         .unwrap();
         assert_eq!(c.mode, Mode::L3s);
         assert_eq!(c.flags, Some(Flags::Private));
+        assert_eq!(c.source_guard, Some(true));
         assert_eq!(c.mtu, Some(1400));
         assert!(c.link_in_container);
         assert_eq!(c.ipam_type, None);

@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
-use ipvlan::proto::{Request, Status};
+use ipvlan::proto::{PortArgs, Request, Status};
 use ipvlan_sys::NetNs;
 use ipvlan_sys::rtnl::{IFF_UP, LinkChange, Rtnl, RtnlError};
 use serde_json::Value;
@@ -250,8 +250,11 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
             master: master.name.clone(),
             name: tmp.clone(),
             mtu: conf.mtu,
-            mode: Some(conf.mode),
-            flags: conf.flags,
+            args: PortArgs {
+                mode: Some(conf.mode),
+                flags: conf.flags,
+                source_guard: conf.source_guard,
+            },
         },
     )?)?;
     drop(stream);

@@ -29,8 +29,12 @@ const PRIORITY: i32 = -500;
 /// is keyed: `meta l4proto` is set once netfilter's own IPv4 validation passed, which
 /// is the same check.
 const V4_OK: &str = "meta l4proto 0-255 ";
-/// IPv6: the version field (§3).
+/// IPv6: the version field (§3). Rules that go on to read the destination need the
+/// whole fixed header anyway.
 const V6_OK: &str = "ip6 version 6 ";
+/// IPv6 with the whole 40-byte fixed header present (§3), for rules that read only
+/// the source: the last byte of the header must be there to be read.
+const V6_WHOLE: &str = "ip6 version 6 @nh,312,8 0-255 ";
 
 fn mac(m: &MacAddr) -> String {
     m.iter()
@@ -47,6 +51,29 @@ pub fn private_counter(id: SlaveId) -> String {
 /// The name of the counter of frames one slave sent with another source MAC.
 pub fn spoof_counter(id: SlaveId) -> String {
     format!("spoof_{}", id.0)
+}
+
+/// The name of the counter of frames the source guard refused from one slave (and of
+/// the chain that checks them).
+pub fn guard_counter(id: SlaveId) -> String {
+    format!("guard_{}", id.0)
+}
+
+/// The source guard's chain for one slave: what [`crate::guard_allows`] lets through
+/// returns to the slave's chain, the rest is counted and dropped. `iif` is the host
+/// end, so one pair of sets (`own4`, `own6`: host end . address) serves every slave.
+/// `ether type` reads a VLAN tag the stack carries beside the frame too, so tagged
+/// frames match none of the returns.
+fn guard_rules(id: SlaveId) -> Vec<String> {
+    vec![
+        "ether type arp arp saddr ip 0.0.0.0 return".into(),
+        "ether type arp meta iif . arp saddr ip @own4 return".into(),
+        format!("ether type ip {V4_OK}ip saddr 0.0.0.0 udp dport 67 return"),
+        format!("ether type ip {V4_OK}meta iif . ip saddr @own4 return"),
+        format!("ether type ip6 {V6_WHOLE}ip6 saddr :: ip6 nexthdr ipv6-icmp return"),
+        format!("ether type ip6 {V6_WHOLE}meta iif . ip6 saddr @own6 return"),
+        format!("counter name \"{}\" drop", guard_counter(id)),
+    ]
 }
 
 /// The program for `table` for a port whose master is `master` and whose slaves'
@@ -72,10 +99,24 @@ pub fn program(
             .find(|(h, _)| *h == id)
             .map(|(_, n)| n.as_str())
     };
+    if snap.source_guard {
+        for (fam, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+            prog.declare(
+                "set",
+                &format!("own{fam}"),
+                &format!("{{ type iface_index . {ty}; }}"),
+            );
+        }
+    }
     for (ip, id) in snap.table.iter() {
         let Some(end) = host_of(id) else { continue };
         let fam = if ip.is_ipv4() { "4" } else { "6" };
         let el = &mut prog.elements;
+        if snap.source_guard {
+            el.entry(format!("own{fam}"))
+                .or_default()
+                .insert(format!("\"{end}\" . {ip}"));
+        }
         el.entry(format!("slaves{fam}"))
             .or_default()
             .insert(ip.to_string());
@@ -111,6 +152,13 @@ pub fn program(
                 spoof_counter(*id)
             ),
         ];
+        let mut counters = vec![private_counter(*id), spoof_counter(*id)];
+        let mut sub = None;
+        if snap.source_guard {
+            rules.push(format!("jump {}", guard_counter(*id)));
+            counters.push(guard_counter(*id));
+            sub = Some((guard_counter(*id), guard_rules(*id)));
+        }
         let local = |sel: &str, key: &str, set: &str, map: &str| {
             if snap.flags == Flags::Private {
                 format!(
@@ -153,10 +201,11 @@ pub fn program(
         prog.parts.insert(
             format!("{:05}", id.0),
             Part {
-                counters: vec![private_counter(*id), spoof_counter(*id)],
+                counters,
                 chain: format!("from_{}", id.0),
                 decl: hook(end, "drop"),
                 rules,
+                sub,
             },
         );
     }
@@ -253,6 +302,31 @@ mod tests {
             .unwrap();
         assert!(s.contains("delete chain netdev t from_1"));
         assert!(!s.contains("element"));
+    }
+
+    #[test]
+    fn the_source_guard_checks_every_slave_against_its_own_addresses() {
+        let (mut snap, ends) = port(Mode::L2, Flags::Bridge);
+        let plain = program(&snap, "t", "eth0", &ends);
+        assert!(!plain.full().contains("guard"));
+        snap.source_guard = true;
+        let guarded = program(&snap, "t", "eth0", &ends);
+        let s = guarded.full();
+        assert!(s.contains("add set netdev t own4 { type iface_index . ipv4_addr; }"));
+        assert!(s.contains("\"ivh2.1\" . 10.0.0.10"));
+        assert!(s.contains("\"ivh2.2\" . fd00::11"));
+        // The guard chain exists before the slave's chain jumps to it, and the jump
+        // comes after the spoof check, before anything is forwarded.
+        let sub = s.find("add chain netdev t guard_1\n").unwrap();
+        let from = s.find("add chain netdev t from_1 ").unwrap();
+        assert!(sub < from);
+        let r = rules(&s, "from_1");
+        let jump = r.iter().position(|x| *x == "jump guard_1").unwrap();
+        assert!(r[..jump].iter().any(|x| x.contains("spoof_1")));
+        assert!(r[jump..].iter().any(|x| x.contains("fwd to")));
+        assert!(rules(&s, "guard_1").contains(&"counter name \"guard_1\" drop"));
+        // Turning it on or off replaces the table (the sets are new).
+        assert_eq!(guarded.update_from(Some(&plain)), Some(s));
     }
 
     #[test]

@@ -120,16 +120,20 @@ pub enum DropReason {
     /// L3/L3S egress of an IPv4/IPv6 ethertype whose header fails the checks of
     /// spec §3; it cannot be routed (the kernel would route garbage).
     Malformed,
+    /// The source guard (an ipvlan-rs extension) refused what a slave sent: not ARP,
+    /// IPv4 or IPv6 from one of its own addresses (see [`guard_allows`]).
+    SourceGuard,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Runt,
         DropReason::Private,
         DropReason::Pause,
         DropReason::L3Multicast,
         DropReason::NotIp,
         DropReason::Malformed,
+        DropReason::SourceGuard,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -140,6 +144,7 @@ impl DropReason {
             DropReason::L3Multicast => "l3_multicast",
             DropReason::NotIp => "not_ip",
             DropReason::Malformed => "malformed",
+            DropReason::SourceGuard => "source_guard",
         }
     }
 
@@ -161,6 +166,9 @@ pub fn decide(port: &PortSnapshot, ingress: Ingress, frame: &[u8]) -> Decision {
         return Decision::Drop(DropReason::Runt);
     };
     match (ingress, port.mode) {
+        (Ingress::Slave(s), _) if port.source_guard && !guard_allows(port, s, &eth) => {
+            Decision::Drop(DropReason::SourceGuard)
+        }
         (Ingress::Slave(s), Mode::L2) => tx_l2(port, s, &eth),
         (Ingress::Slave(_), Mode::L3 | Mode::L3s) => tx_l3(port, &eth),
         (Ingress::Master, Mode::L3s) => Decision::Pass,
@@ -169,6 +177,50 @@ pub fn decide(port: &PortSnapshot, ingress: Ingress, frame: &[u8]) -> Decision {
         }
         (Ingress::Master, Mode::L2 | Mode::L3) => rx_unicast(port, &eth),
     }
+}
+
+/// The source guard: what slave `origin` may send when
+/// [`PortSnapshot::source_guard`] is on. Only ARP, IPv4 and IPv6 whose headers pass
+/// the checks of spec §3, and only from one of the slave's own (up, listed) addresses,
+/// with the exceptions an address-less host needs:
+///
+/// * ARP with sender 0.0.0.0 (an RFC 5227 probe);
+/// * IPv4 from 0.0.0.0 when it is an unfragmented UDP datagram to port 67 (a DHCP
+///   client asking for an address);
+/// * IPv6 from `::` when the next header is ICMPv6 (duplicate address detection,
+///   RFC 3590 MLD reports).
+///
+/// Anything else — other ethertypes, VLAN-tagged frames, truncated headers — cannot
+/// show whose it is and is refused.
+pub fn guard_allows(port: &PortSnapshot, origin: SlaveId, eth: &ethernet::Frame<&[u8]>) -> bool {
+    let own = |ip: IpAddr| port.table.owner(&ip) == Some(origin);
+    let l3 = eth.payload();
+    match eth.ethertype() {
+        ethernet::ETHERTYPE_ARP => arp::Packet::new_checked(l3).is_ok_and(|a| {
+            let s = a.sender_protocol_addr();
+            s.is_unspecified() || own(s.into())
+        }),
+        ethernet::ETHERTYPE_IPV4 => ipv4::Packet::new_checked(l3).is_ok_and(|ip| {
+            own(ip.src().into()) || (ip.src().is_unspecified() && is_dhcp_request(&ip))
+        }),
+        ethernet::ETHERTYPE_IPV6 => ipv6::Packet::new_checked(l3).is_ok_and(|ip| {
+            own(ip.src().into())
+                || (ip.src().is_unspecified() && ip.next_header() == ipv6::NEXT_HEADER_ICMPV6)
+        }),
+        _ => false,
+    }
+}
+
+/// UDP to port 67 in an unfragmented (or first-fragment) IPv4 packet.
+fn is_dhcp_request(ip: &ipv4::Packet<&[u8]>) -> bool {
+    const UDP: u8 = 17;
+    const BOOTPS: u16 = 67;
+    ip.protocol() == UDP
+        && ip.frag_offset() == 0
+        && ip
+            .payload()
+            .get(2..4)
+            .is_some_and(|p| u16::from_be_bytes([p[0], p[1]]) == BOOTPS)
 }
 
 fn owner(port: &PortSnapshot, frame: &[u8], dir: KeyDir) -> Option<SlaveId> {
@@ -388,6 +440,84 @@ mod tests {
     }
 
     const ETH: usize = ethernet::HEADER_LEN;
+
+    // ---- the source guard (ipvlan-rs extension) ----
+
+    fn guarded(mode: Mode) -> PortSnapshot {
+        let mut p = port(mode, Flags::Bridge);
+        p.source_guard = true;
+        p
+    }
+
+    #[test]
+    fn the_guard_passes_a_slaves_own_sources() {
+        for mode in [Mode::L2, Mode::L3] {
+            let p = guarded(mode);
+            let own4 = udp4(GW, MASTER, S1_V4, EXT_V4);
+            let own6 = udp6(GW, MASTER, S1_V6, EXT_V6);
+            let arp_own = arp(BROADCAST, MASTER, ArpOperation::REQUEST, S1_V4, EXT_V4);
+            let probe = arp(BROADCAST, MASTER, ArpOperation::REQUEST, [0; 4], S1_V4);
+            for f in [own4, own6, arp_own, probe, dad(MASTER, S1_V6)] {
+                let d = decide(&p, Ingress::Slave(S1), &f);
+                let unguarded = decide(&port(mode, Flags::Bridge), Ingress::Slave(S1), &f);
+                assert_eq!(d, unguarded, "{mode}");
+                assert_ne!(d, Decision::Drop(DropReason::SourceGuard), "{mode}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_guard_drops_other_sources_and_other_protocols() {
+        let p = guarded(Mode::L2);
+        let drop = Decision::Drop(DropReason::SourceGuard);
+        let cases = [
+            udp4(GW, MASTER, S2_V4, EXT_V4),
+            udp4(GW, MASTER, EXT_V4, S2_V4),
+            udp4(GW, MASTER, S3_V4, EXT_V4), // a down slave's address is nobody's
+            udp6(GW, MASTER, S2_V6, EXT_V6),
+            udp4(GW, MASTER, [0; 4], EXT_V4), // not DHCP
+            arp(BROADCAST, MASTER, ArpOperation::REPLY, S2_V4, EXT_V4),
+            raw(GW, MASTER, 0x88cc, &[0; 46]),
+            raw(GW, MASTER, 0x8100, &[0; 46]),
+            udp4(GW, MASTER, S1_V4, EXT_V4)[..ETH + 19].to_vec(),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            assert_eq!(decide(&p, Ingress::Slave(S1), f), drop, "case {i}");
+        }
+        // The guard is the sender's: S2 may send what S1 may not.
+        assert_ne!(decide(&p, Ingress::Slave(S2), &cases[0]), drop);
+        // Off, nothing is checked; and the wire is never guarded.
+        assert_ne!(
+            decide(
+                &port(Mode::L2, Flags::Bridge),
+                Ingress::Slave(S1),
+                &cases[0]
+            ),
+            drop
+        );
+        assert_eq!(decide(&p, Ingress::Master, &cases[6]), Decision::Pass);
+    }
+
+    #[test]
+    fn the_guard_lets_a_dhcp_client_without_an_address_through() {
+        let p = guarded(Mode::L2);
+        let b = PacketBuilder::ethernet2(MASTER, BROADCAST)
+            .ipv4([0; 4], [255; 4], 64)
+            .udp(68, 67);
+        let mut f = Vec::new();
+        b.write(&mut f, &[0; 240]).unwrap();
+        assert_ne!(
+            decide(&p, Ingress::Slave(S1), &f),
+            Decision::Drop(DropReason::SourceGuard)
+        );
+        // A later fragment has no UDP header to show.
+        f[ETH + 6] = 0x00;
+        f[ETH + 7] = 0x10;
+        assert_eq!(
+            decide(&p, Ingress::Slave(S1), &f),
+            Decision::Drop(DropReason::SourceGuard)
+        );
+    }
 
     // ---- demux key (spec §3) ----
 
@@ -1011,7 +1141,8 @@ mod tests {
                 "pause",
                 "l3_multicast",
                 "not_ip",
-                "malformed"
+                "malformed",
+                "source_guard"
             ]
         );
         for (i, r) in DropReason::ALL.iter().enumerate() {

@@ -13,12 +13,14 @@ use crate::{Flags, Ingress, KeyDir, Mode, Port, PortSnapshot, SlaveId, decide, d
 
 const MASTER: crate::MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
-/// The fixed port, in the mode and flags `selector` picks.
+/// The fixed port, in the mode and flags `selector` picks, with or without the source
+/// guard.
 pub fn port(selector: u8) -> PortSnapshot {
     let mode = [Mode::L2, Mode::L3, Mode::L3s][usize::from(selector % 3)];
     let flags = [Flags::Bridge, Flags::Private, Flags::Vepa][usize::from(selector / 3 % 3)];
     let mut p = Port::new(MASTER);
     p.apply_newlink(Some(mode), Some(flags));
+    p.set_source_guard(selector / 9 % 2 == 1);
     let ids: Vec<SlaveId> = (0..3).map(|_| p.add_slave().expect("three fit")).collect();
     let addrs: [&[&str]; 3] = [
         &["10.0.0.10", "fd00::10", "fe80::5254:0:112:3456"],

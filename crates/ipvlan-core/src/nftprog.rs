@@ -33,6 +33,9 @@ pub struct Part {
     /// The chain's declaration: `{ type filter hook ingress device "x" ...; }`.
     pub decl: String,
     pub rules: Vec<String>,
+    /// A regular chain the base chain jumps to, with its rules: added before the base
+    /// chain, deleted after it.
+    pub sub: Option<(String, Vec<String>)>,
 }
 
 impl Program {
@@ -73,6 +76,12 @@ impl Program {
         for c in &p.counters {
             let _ = writeln!(s, "add counter {t} {c}");
         }
+        if let Some((name, rules)) = &p.sub {
+            let _ = writeln!(s, "add chain {t} {name}");
+            for r in rules {
+                let _ = writeln!(s, "add rule {t} {name} {r}");
+            }
+        }
         let _ = writeln!(s, "add chain {t} {} {}", p.chain, p.decl);
         for r in &p.rules {
             let _ = writeln!(s, "add rule {t} {} {r}", p.chain);
@@ -83,6 +92,10 @@ impl Program {
         let t = self.prefix();
         let _ = writeln!(s, "flush chain {t} {}", p.chain);
         let _ = writeln!(s, "delete chain {t} {}", p.chain);
+        if let Some((name, _)) = &p.sub {
+            let _ = writeln!(s, "flush chain {t} {name}");
+            let _ = writeln!(s, "delete chain {t} {name}");
+        }
         for c in &p.counters {
             let _ = writeln!(s, "delete counter {t} {c}");
         }
@@ -177,6 +190,7 @@ mod tests {
                     chain: format!("from_{name}"),
                     decl: format!("{{ type filter hook ingress device \"{name}\" priority -500; policy drop; }}"),
                     rules: vec!["meta pkttype broadcast drop".into()],
+                    sub: None,
                 },
             );
         }

@@ -20,6 +20,9 @@ pub enum DropKind {
     NoOwner,
     /// A frame from a slave whose source MAC is not the master's: forged, never sent on.
     Spoof,
+    /// A frame the source guard refused: not from one of the sending slave's own
+    /// addresses (an ipvlan-rs extension, off unless asked for).
+    SourceGuard,
     /// L3/L3S egress the master's namespace could not route or send (the driver's
     /// `tx_errors`, spec §4.2).
     NoRoute,
@@ -39,6 +42,7 @@ impl DropKind {
             Self::Malformed => "malformed",
             Self::NoOwner => "no_owner",
             Self::Spoof => "spoof",
+            Self::SourceGuard => "source_guard",
             Self::NoRoute => "no_route",
             Self::L3Filtered => "l3_filtered",
             Self::QueueFull => "queue_full",
@@ -47,8 +51,9 @@ impl DropKind {
     }
 }
 
-pub const DROP_KINDS: [DropKind; 8] = [
+pub const DROP_KINDS: [DropKind; 9] = [
     DropKind::Spoof,
+    DropKind::SourceGuard,
     DropKind::Private,
     DropKind::Malformed,
     DropKind::NoOwner,

@@ -95,6 +95,7 @@ pub fn program(
                     "{{ type filter hook ingress device \"{end}\" priority -500; policy drop; }}"
                 ),
                 rules: vec![],
+                sub: None,
             },
         );
     }

@@ -424,6 +424,7 @@ impl Io {
                 DropReason::Private => DropKind::Private,
                 DropReason::Runt | DropReason::Malformed => DropKind::Malformed,
                 DropReason::L3Multicast | DropReason::NotIp => DropKind::L3Filtered,
+                DropReason::SourceGuard => DropKind::SourceGuard,
                 _ => DropKind::Other,
             }),
         }

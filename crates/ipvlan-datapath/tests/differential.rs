@@ -16,7 +16,8 @@
 //!
 //! * frames whose destination MAC is unicast: `ToSlave(T)` comes out at `slvT` only,
 //!   `ToWire` at `wire` only, everything else (`Drop`, `ToMasterStack`, `Pass`,
-//!   `Route`) nowhere; a `Drop(Private)` is counted in `private_N`;
+//!   `Route`) nowhere; a `Drop(Private)` is counted in `private_N`, a
+//!   `Drop(SourceGuard)` in `guard_N`;
 //! * frames whose destination MAC is a group address are userspace's (fan-out, and the
 //!   L3 ARP/DAD diversion of spec §5.3): the program delivers them nowhere, whatever
 //!   `decide()` says;
@@ -32,6 +33,8 @@
 //! Disagreements that are bugs of the program are listed in [`known_bug`]: the per-mode
 //! tests print them but do not fail on them; `known_bugs` (ignored) fails until they
 //! are fixed. Run with `--nocapture` to see the tables.
+//!
+//! The ports with the source guard on (an ipvlan-rs extension) run the same corpus.
 //!
 //! Root only: panics with a clear message otherwise. Each port runs in its own
 //! namespace, so the tests run in parallel.
@@ -207,8 +210,8 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(mode: Mode, flags: Flags) -> Self {
-        let scratch = Scratch::new(&format!("{mode}-{flags}"));
+    fn new(mode: Mode, flags: Flags, guard: bool) -> Self {
+        let scratch = Scratch::new(&format!("{mode}-{flags}{}", if guard { "-g" } else { "" }));
         // IPv6 off before any device exists, so no device ever emits RS/ND/MLD.
         scratch.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
         scratch.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
@@ -232,6 +235,7 @@ impl Rig {
 
         let mut port = Port::new(M);
         port.apply_newlink(Some(mode), Some(flags));
+        port.set_source_guard(guard);
         let mut ids = [SlaveId(0); SLAVES];
         for (i, id) in ids.iter_mut().enumerate() {
             *id = port.add_slave().expect("add_slave");
@@ -462,6 +466,29 @@ fn corpus(batch: u32) -> Vec<(&'static str, Vec<u8>)> {
             f[..ETH + 39].to_vec()
         }),
         ("0x88b5 M>M", |mk| raw(M, M, 0x88b5, mk)),
+        // What an address-less host sends (the source guard's exceptions), and what
+        // hides its source.
+        ("dhcp 0.0.0.0>bcast:67 M>O", |mk| {
+            let b = PacketBuilder::ethernet2(M, O)
+                .ipv4([0; 4], [255; 4], 64)
+                .udp(68, 67);
+            let mut out = Vec::new();
+            b.write(&mut out, mk).expect("dhcp");
+            out
+        }),
+        ("ip4 0.0.0.0 M>O to s2", |mk| udp4(O, M, [0; 4], v4(2), mk)),
+        ("ip4 0.0.0.0 M>M to s2", |mk| udp4(M, M, [0; 4], v4(2), mk)),
+        ("arp-probe M>M for s2", |mk| {
+            arp(M, M, ArpOperation::REQUEST, [0; 4], v4(2), mk)
+        }),
+        ("ip6 :: udp M>M to s2", |mk| udp6(M, M, [0; 16], v6(2), mk)),
+        ("vlan-tagged ip4 M>O", |mk| {
+            let inner = udp4(O, M, v4(1), UNKNOWN4, mk);
+            let mut f = inner[..12].to_vec();
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+            f.extend_from_slice(&inner[12..]);
+            f
+        }),
         // Unicast, source = master MAC, destination = another MAC.
         ("ip4 M>O to s2", |mk| udp4(O, M, v4(1), v4(2), mk)),
         ("ip4 M>O to unknown", |mk| udp4(O, M, v4(1), UNKNOWN4, mk)),
@@ -576,6 +603,12 @@ fn program_share(
         Decision::Drop(ipvlan_core::DropReason::Private) => {
             if let Ingress::Slave(s) = ingress {
                 out.counted.insert(compile::private_counter(s), 1);
+            }
+            ""
+        }
+        Decision::Drop(ipvlan_core::DropReason::SourceGuard) => {
+            if let Ingress::Slave(s) = ingress {
+                out.counted.insert(compile::guard_counter(s), 1);
             }
             ""
         }
@@ -752,10 +785,10 @@ const PORTS: [(Mode, Flags); 7] = [
 
 /// Runs the whole corpus through one port; prints the table. `Err` lists the rows that
 /// disagree (all of them with `all`, else those not explained by [`known_bug`]).
-fn differential(mode: Mode, flags: Flags, all: bool) -> Result<(), String> {
+fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), String> {
     require_root();
     let started = Instant::now();
-    let rig = Rig::new(mode, flags);
+    let rig = Rig::new(mode, flags, guard);
     let mut rows = Vec::new();
     let mut noise = 0;
     run_batch(&rig, 0, None, &mut rows, &mut noise);
@@ -763,7 +796,7 @@ fn differential(mode: Mode, flags: Flags, all: bool) -> Result<(), String> {
         run_batch(&rig, i as u32 + 1, Some(i), &mut rows, &mut noise);
     }
 
-    let title = format!("{mode} {flags}");
+    let title = format!("{mode} {flags}{}", if guard { " guard" } else { "" });
     let mut table = format!(
         "\n== differential: {title} ({} frames, {:?}, {noise} unrelated frames seen) ==\n",
         rows.len(),
@@ -824,7 +857,13 @@ fn differential(mode: Mode, flags: Flags, all: bool) -> Result<(), String> {
 }
 
 fn check(mode: Mode, flags: Flags) {
-    if let Err(msg) = differential(mode, flags, false) {
+    if let Err(msg) = differential(mode, flags, false, false) {
+        panic!("{msg}");
+    }
+}
+
+fn check_guarded(mode: Mode, flags: Flags) {
+    if let Err(msg) = differential(mode, flags, true, false) {
         panic!("{msg}");
     }
 }
@@ -864,6 +903,21 @@ fn l3s_bridge() {
     check(Mode::L3s, Flags::Bridge);
 }
 
+#[test]
+fn l2_bridge_source_guard() {
+    check_guarded(Mode::L2, Flags::Bridge);
+}
+
+#[test]
+fn l2_vepa_source_guard() {
+    check_guarded(Mode::L2, Flags::Vepa);
+}
+
+#[test]
+fn l3_private_source_guard() {
+    check_guarded(Mode::L3, Flags::Private);
+}
+
 /// Every row of every port, the known gap included: fails until it is closed.
 #[test]
 #[ignore = "gap C: the kernel program keys a DAD probe sent to a unicast MAC by its IPv6 \
@@ -871,7 +925,7 @@ fn l3s_bridge() {
 fn known_bugs() {
     let failed: Vec<String> = PORTS
         .iter()
-        .filter_map(|&(mode, flags)| differential(mode, flags, true).err())
+        .filter_map(|&(mode, flags)| differential(mode, flags, false, true).err())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

@@ -34,14 +34,9 @@ pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode
             master,
             name,
             mtu,
-            mode: args.mode,
-            flags: args.flags,
+            args,
         },
-        LinkCmd::Set { dev, args } => Request::Set {
-            dev,
-            mode: args.mode,
-            flags: args.flags,
-        },
+        LinkCmd::Set { dev, args } => Request::Set { dev, args },
         LinkCmd::Del { dev } => Request::Del { dev },
         LinkCmd::Show { dev } => Request::Show { dev },
     };

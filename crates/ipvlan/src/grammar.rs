@@ -1,27 +1,34 @@
 //! The iproute2 grammar of `ipvlan link ...` (a public contract: tools call it like `ip`).
 //!
 //! ```text
-//! link add [link MASTER] [name] NAME [mtu N] type ipvlan [mode l2|l3|l3s] [bridge|private|vepa]
-//! link set [dev] NAME type ipvlan [mode MODE] [FLAG]
+//! link add [link MASTER] [name] NAME [mtu N] type ipvlan [mode l2|l3|l3s] [bridge|private|vepa] [source_guard on|off]
+//! link set [dev] NAME type ipvlan [mode MODE] [FLAG] [source_guard on|off]
 //! link del|delete [dev] NAME
 //! link show|list|lst|ls [[dev] NAME]
 //! ```
 //! Keywords match by prefix as in iproute2 (`mo` = `mode`, `p` = `private`); values of
-//! `mode` must be exact. As in iproute2, any ipvlan argument after `type ipvlan` also
+//! `mode` must be exact. As in iproute2, a mode or flag after `type ipvlan` also
 //! sends the flags (bridge unless a flag was given): see spec §8.2.
+//!
+//! `source_guard on|off` is an ipvlan-rs extension (the kernel driver has no such
+//! option): with it on, the port's slaves may send only ARP, IPv4 and IPv6 from their
+//! own addresses. It is port-wide like the mode, left alone unless given, and sending
+//! it alone does not send the flags.
 
-use ipvlan_core::{Flags, Mode};
+use ipvlan_core::Flags;
 
 pub const USAGE: &str = "\
 Usage: ipvlan [-d] [-j] [-s] link show [ [dev] NAME ]
-       ipvlan link add link MASTER [name] NAME [mtu MTU] type ipvlan [ mode MODE ] [ FLAGS ]
-       ipvlan link set [dev] NAME type ipvlan [ mode MODE ] [ FLAGS ]
+       ipvlan link add link MASTER [name] NAME [mtu MTU] type ipvlan [ mode MODE ] [ FLAGS ] [ GUARD ]
+       ipvlan link set [dev] NAME type ipvlan [ mode MODE ] [ FLAGS ] [ GUARD ]
        ipvlan link delete [dev] NAME
        ipvlan daemon [--socket PATH] [--backend user]
        ipvlan demo
 
 MODE: l3 | l3s | l2
 FLAGS: bridge | private | vepa
+GUARD: source_guard off | source_guard on   (ipvlan-rs extension: slaves may send
+       only ARP, IPv4 and IPv6 from their own addresses)
 (first values are the defaults if nothing is specified).";
 
 pub const EXAMPLES: &str = "\
@@ -37,18 +44,15 @@ Examples (the kernel's ipvlan HOWTO, Documentation/networking/ipvlan.rst):
   ip netns exec ns0 ipvlan link del dev ipvl0";
 
 pub const IPVLAN_USAGE: &str = "\
-Usage: ... ipvlan [ mode MODE ] [ FLAGS ]
+Usage: ... ipvlan [ mode MODE ] [ FLAGS ] [ source_guard on|off ]
 
 MODE: l3 | l3s | l2
 FLAGS: bridge | private | vepa
+source_guard: an ipvlan-rs extension, off by default
 (first values are the defaults if nothing is specified).";
 
 /// The ipvlan-specific options: `None` = attribute not sent (spec §1.4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IpvlanArgs {
-    pub mode: Option<Mode>,
-    pub flags: Option<Flags>,
-}
+pub type IpvlanArgs = ipvlan::proto::PortArgs;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkCmd {
@@ -125,6 +129,19 @@ fn parse_ipvlan_args(words: &[String]) -> Result<IpvlanArgs, UsageError> {
         } else if !flag_seen && matches(w, "bridge") {
             out.flags = Some(Flags::Bridge);
             flag_seen = true;
+        } else if matches(w, "source_guard") {
+            let v = it
+                .next()
+                .ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?;
+            out.source_guard = Some(match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    return Err(usage(format!(
+                        "Error: argument of \"source_guard\" must be \"on\" or \"off\", not \"{v}\""
+                    )));
+                }
+            });
         } else if matches(w, "help") {
             return Err(usage(IPVLAN_USAGE));
         } else {
@@ -133,8 +150,9 @@ fn parse_ipvlan_args(words: &[String]) -> Result<IpvlanArgs, UsageError> {
             )));
         }
     }
-    if !words.is_empty() && out.flags.is_none() {
-        // iproute2 always sends the flags attribute once any ipvlan argument is given.
+    if out.mode.is_some() && out.flags.is_none() {
+        // iproute2 always sends the flags attribute once any ipvlan argument is given
+        // (of its own: `source_guard` is ours).
         out.flags = Some(Flags::Bridge);
     }
     Ok(out)
@@ -234,7 +252,7 @@ pub fn parse_link(words: &[String]) -> Result<LinkCmd, UsageError> {
             Some(a) => parse_ipvlan_args(a)?,
             None => {
                 return Err(usage(
-                    "ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ]",
+                    "ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ] [ source_guard on|off ]",
                 ));
             }
         };
@@ -277,6 +295,7 @@ fn single_dev(words: &[String]) -> Result<Option<String>, UsageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipvlan_core::Mode;
 
     fn p(s: &str) -> Result<LinkCmd, UsageError> {
         let words: Vec<String> = s.split_whitespace().map(String::from).collect();
@@ -288,7 +307,11 @@ mod tests {
             master: master.into(),
             name: name.into(),
             mtu: None,
-            args: IpvlanArgs { mode, flags },
+            args: IpvlanArgs {
+                mode,
+                flags,
+                ..Default::default()
+            },
         }
     }
 
@@ -318,7 +341,8 @@ mod tests {
                 mtu: Some(1300),
                 args: IpvlanArgs {
                     mode: Some(Mode::L3s),
-                    flags: Some(Flags::Vepa)
+                    flags: Some(Flags::Vepa),
+                    ..Default::default()
                 }
             }
         );
@@ -370,7 +394,8 @@ mod tests {
                 dev: "x".into(),
                 args: IpvlanArgs {
                     mode: Some(Mode::L3),
-                    flags: Some(Flags::Bridge)
+                    flags: Some(Flags::Bridge),
+                    ..Default::default()
                 }
             }
         );
@@ -380,7 +405,8 @@ mod tests {
                 dev: "x".into(),
                 args: IpvlanArgs {
                     mode: None,
-                    flags: Some(Flags::Private)
+                    flags: Some(Flags::Private),
+                    ..Default::default()
                 }
             }
         );
@@ -395,5 +421,35 @@ mod tests {
             }
         );
         assert!(p("show a b").is_err());
+    }
+
+    #[test]
+    fn source_guard_is_ours_and_sends_no_flags() {
+        let args = |s: &str| match p(s).unwrap() {
+            LinkCmd::Set { args, .. } | LinkCmd::Add { args, .. } => args,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            args("set x type ipvlan source_guard on"),
+            IpvlanArgs {
+                source_guard: Some(true),
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            args("add link eth0 x type ipvlan mode l2 private source_guard off"),
+            IpvlanArgs {
+                mode: Some(Mode::L2),
+                flags: Some(Flags::Private),
+                source_guard: Some(false)
+            }
+        );
+        assert_eq!(
+            args("set x type ipvlan source_guard on mode l3").flags,
+            Some(Flags::Bridge)
+        );
+        let e = p("set x type ipvlan source_guard yes").unwrap_err().0;
+        assert!(e.contains("\"on\" or \"off\"") && e.contains("yes"), "{e}");
+        assert!(p("set x type ipvlan source_guard").is_err());
     }
 }

@@ -50,9 +50,14 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
         );
         if style.details {
             s += &format!(
-                "    ipvlan  mode {} {} dev_id {:#x} host-end {} backend {}\n",
+                "    ipvlan  mode {} {}{} dev_id {:#x} host-end {} backend {}\n",
                 l.mode.as_str(),
                 l.port_flags.as_str(),
+                if l.source_guard {
+                    " source_guard on"
+                } else {
+                    ""
+                },
                 l.dev_id,
                 l.host_end,
                 l.backend
@@ -103,6 +108,10 @@ pub fn json(links: &[SlaveView], style: Style) -> Value {
                 if style.details {
                     let mut data = json!({ "mode": l.mode.as_str() });
                     data[l.port_flags.as_str()] = json!(true);
+                    if l.source_guard {
+                        // An ipvlan-rs extension: absent, as from `ip`, when off.
+                        data["source_guard"] = json!(true);
+                    }
                     o["linkinfo"] = json!({ "info_kind": "ipvlan", "info_data": data });
                     o["dev_id"] = json!(format!("{:#x}", l.dev_id));
                     o["host_end"] = json!(l.host_end);

@@ -20,19 +20,29 @@ pub fn socket_path() -> String {
     std::env::var("IPVLAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.to_string())
 }
 
+/// The ipvlan options of an add or set request; `None`: not sent (spec §1.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortArgs {
+    pub mode: Option<Mode>,
+    pub flags: Option<Flags>,
+    /// The source guard (an ipvlan-rs extension): `None` leaves it as it is.
+    #[serde(default)]
+    pub source_guard: Option<bool>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Add {
         master: String,
         name: String,
         mtu: Option<u32>,
-        mode: Option<Mode>,
-        flags: Option<Flags>,
+        #[serde(flatten)]
+        args: PortArgs,
     },
     Set {
         dev: String,
-        mode: Option<Mode>,
-        flags: Option<Flags>,
+        #[serde(flatten)]
+        args: PortArgs,
     },
     Del {
         dev: String,
@@ -81,10 +91,13 @@ pub enum Notice {
         addr: String,
         owner: String,
     },
+    /// The port's mode, flags or source guard changed.
     ModeChanged {
         master: String,
         mode: Mode,
         flags: Flags,
+        #[serde(default)]
+        source_guard: bool,
     },
     MasterUp {
         master: String,
@@ -148,12 +161,18 @@ impl std::fmt::Display for Notice {
                 master,
                 mode,
                 flags,
+                source_guard,
             } => {
                 write!(
                     f,
-                    "[port] {master} now mode {} {}",
+                    "[port] {master} now mode {} {}{}",
                     mode.as_str(),
-                    flags.as_str()
+                    flags.as_str(),
+                    if *source_guard {
+                        " source_guard on"
+                    } else {
+                        ""
+                    }
                 )
             }
             Self::MasterUp { master } => write!(f, "[port] master {master} up"),
@@ -194,6 +213,9 @@ pub struct SlaveView {
     pub master_netns: Option<String>,
     pub mode: Mode,
     pub port_flags: Flags,
+    /// Whether the port's source guard is on (an ipvlan-rs extension).
+    #[serde(default)]
+    pub source_guard: bool,
     pub dev_id: u16,
     pub host_end: String,
     pub addrs: Vec<String>,

@@ -117,14 +117,6 @@ fn frame(src: [u8; 6], dst: [u8; 6], from: [u8; 4], to: [u8; 4], marker: &[u8]) 
     f
 }
 
-fn mac_bytes(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("six bytes")
-}
-
 fn ifindex(ns: &str, dev: &str) -> u32 {
     link_json(ns, dev)["ifindex"]
         .as_u64()

@@ -75,6 +75,7 @@ pub struct Port {
     reserved: HashMap<IpAddr, SlaveId>,
     table: AddrTable,
     dev_ids: DevIdAllocator,
+    source_guard: bool,
 }
 
 impl Port {
@@ -90,6 +91,7 @@ impl Port {
             reserved: HashMap::new(),
             table: AddrTable::new(),
             dev_ids: DevIdAllocator::new(),
+            source_guard: false,
         }
     }
 
@@ -103,6 +105,17 @@ impl Port {
 
     pub fn master_mac(&self) -> MacAddr {
         self.master_mac
+    }
+
+    /// Whether the source guard is on: slaves may send only ARP, IPv4 and IPv6 from
+    /// their own addresses (an ipvlan-rs extension, off by default; see
+    /// [`crate::decide()`]). Mode and flag changes leave it alone.
+    pub fn source_guard(&self) -> bool {
+        self.source_guard
+    }
+
+    pub fn set_source_guard(&mut self, on: bool) {
+        self.source_guard = on;
     }
 
     /// The master's MAC changed; slaves follow it (spec C11).
@@ -266,6 +279,7 @@ impl Port {
         PortSnapshot {
             mode: self.mode,
             flags: self.flags,
+            source_guard: self.source_guard,
             master_mac: self.master_mac,
             table: self.table.clone(),
             slaves: self
@@ -285,6 +299,8 @@ impl Port {
 pub struct PortSnapshot {
     pub mode: Mode,
     pub flags: Flags,
+    /// See [`Port::source_guard`].
+    pub source_guard: bool,
     pub master_mac: MacAddr,
     pub table: AddrTable,
     /// In creation (dev_id allocation) order: the order multicast copies go out.

@@ -87,6 +87,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[TTL]
     }
 
+    /// The fragment offset, in 8-byte units (0 for an unfragmented packet or the
+    /// first fragment).
+    pub fn frag_offset(&self) -> u16 {
+        let b = self.buffer.as_ref();
+        u16::from_be_bytes([b[FLAGS_FRAG.start], b[FLAGS_FRAG.start + 1]]) & 0x1fff
+    }
+
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[PROTOCOL]
     }

@@ -6,7 +6,8 @@ use super::*;
 /// new daemon can take the slave back. Written as
 /// `ipvlan-rs: host end of NAME; master=eth0 ifindex=2 dev_id=1 mode=l2 flags=bridge
 /// daemon=1a2b3c4d`, the last being the daemon's identity (its control socket), so that
-/// two daemons on one machine never take each other's slaves.
+/// two daemons on one machine never take each other's slaves; ` guard=on` follows when
+/// the port's source guard is on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mark {
     pub owner: String,
@@ -15,24 +16,21 @@ pub struct Mark {
     pub dev_id: SlaveId,
     pub mode: Mode,
     pub flags: Flags,
+    pub source_guard: bool,
 }
 
 impl Mark {
-    #[allow(clippy::too_many_arguments)]
-    pub fn alias(
-        owner: &str,
-        slave: &str,
-        master: &str,
-        master_index: u32,
-        id: SlaveId,
-        mode: Mode,
-        flags: Flags,
-    ) -> String {
+    /// The alias; `master` is the master's name (for people reading `ip link`).
+    pub fn alias(&self, master: &str) -> String {
         format!(
-            "{ALIAS_PREFIX} host end of {slave}; master={master} ifindex={master_index} dev_id={} mode={} flags={} daemon={owner}",
-            id.0,
-            mode.as_str(),
-            flags.as_str()
+            "{ALIAS_PREFIX} host end of {}; master={master} ifindex={} dev_id={} mode={} flags={} daemon={}{}",
+            self.slave,
+            self.master_index,
+            self.dev_id.0,
+            self.mode.as_str(),
+            self.flags.as_str(),
+            self.owner,
+            if self.source_guard { " guard=on" } else { "" }
         )
     }
 
@@ -60,6 +58,7 @@ impl Mark {
             dev_id: SlaveId(get("dev_id")?.parse().ok()?),
             mode: get("mode")?.parse().ok()?,
             flags: get("flags")?.parse().ok()?,
+            source_guard: get("guard") == Some("on"),
         })
     }
 }
@@ -115,10 +114,10 @@ impl Daemon {
         ends: &[(Mark, Link)],
     ) -> Result<usize, Fail> {
         let pi = self.new_port(ns, master)?;
-        let (mode, flags) = (ends[0].0.mode, ends[0].0.flags);
-        self.ports[pi]
-            .port
-            .apply_changelink(Some(mode), Some(flags));
+        let first = &ends[0].0;
+        let port = &mut self.ports[pi].port;
+        port.apply_changelink(Some(first.mode), Some(first.flags));
+        port.set_source_guard(first.source_guard);
         let mut ids = Vec::new();
         for (mark, host) in ends {
             let id = mark.dev_id;
@@ -156,27 +155,25 @@ mod tests {
 
     #[test]
     fn marks_round_trip() {
-        let a = Mark::alias(
-            "0badf00d",
-            "ipvl0",
-            "eth0",
-            2,
-            SlaveId(7),
-            Mode::L3s,
-            Flags::Private,
-        );
+        let mut m = Mark {
+            owner: "0badf00d".into(),
+            slave: "ipvl0".into(),
+            master_index: 2,
+            dev_id: SlaveId(7),
+            mode: Mode::L3s,
+            flags: Flags::Private,
+            source_guard: false,
+        };
+        let a = m.alias("eth0");
         assert_eq!(
-            Mark::parse(&a),
-            Some(Mark {
-                owner: "0badf00d".into(),
-                slave: "ipvl0".into(),
-                master_index: 2,
-                dev_id: SlaveId(7),
-                mode: Mode::L3s,
-                flags: Flags::Private
-            })
+            a,
+            "ipvlan-rs: host end of ipvl0; master=eth0 ifindex=2 dev_id=7 mode=l3s flags=private daemon=0badf00d"
         );
+        assert_eq!(Mark::parse(&a), Some(m.clone()));
         assert_eq!(Mark::parse("something else"), None);
         assert_eq!(Mark::parse(&a.replace("mode=l3s", "mode=l4")), None);
+        m.source_guard = true;
+        assert!(m.alias("eth0").ends_with(" guard=on"));
+        assert_eq!(Mark::parse(&m.alias("eth0")), Some(m));
     }
 }

@@ -40,7 +40,7 @@ use ipvlan_sys::{NetNs, NsKey, nft};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use ipvlan::proto::{self, Notice, Reply, Request, SlaveView, Status};
+use ipvlan::proto::{self, Notice, PortArgs, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
@@ -124,6 +124,29 @@ struct L3s {
     queue: Arc<NfQueue>,
 }
 
+/// A port's settings, to compare, record and restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settings {
+    mode: Mode,
+    flags: Flags,
+    source_guard: bool,
+}
+
+impl Settings {
+    fn of(port: &Port) -> Self {
+        Self {
+            mode: port.mode(),
+            flags: port.flags(),
+            source_guard: port.source_guard(),
+        }
+    }
+
+    fn restore(self, port: &mut Port) {
+        port.apply_changelink(Some(self.mode), Some(self.flags));
+        port.set_source_guard(self.source_guard);
+    }
+}
+
 struct PortRec {
     ns: NsKey,
     master_index: u32,
@@ -137,7 +160,7 @@ struct PortRec {
     /// The mode the packet sockets' filters were last set for.
     filtered_for: Option<Mode>,
     /// The mode and flags last written into the host ends' aliases.
-    marked: Option<(Mode, Flags)>,
+    marked: Option<Settings>,
     /// The nft programs last applied: the guard or the kernel backend's program, and
     /// the L3S table.
     prog: Option<Program>,
@@ -387,14 +410,11 @@ impl Daemon {
                 master,
                 name,
                 mtu,
-                mode,
-                flags,
+                args,
             } => self
-                .add(&caller, &master, &name, mtu, mode, flags)
+                .add(&caller, &master, &name, mtu, args)
                 .map(|()| vec![]),
-            Request::Set { dev, mode, flags } => {
-                self.set(&caller, &dev, mode, flags).map(|()| vec![])
-            }
+            Request::Set { dev, args } => self.set(&caller, &dev, args).map(|()| vec![]),
             Request::Del { dev } => self.del(&caller, &dev).map(|()| vec![]),
             Request::Show { dev } => self.show(&caller, dev.as_deref()),
             Request::Monitor => Ok(vec![]),
@@ -418,8 +438,7 @@ impl Daemon {
         master: &str,
         name: &str,
         mtu: Option<u32>,
-        mode: Option<Mode>,
-        flags: Option<Flags>,
+        conf: PortArgs,
     ) -> Result<(), Fail> {
         crate::grammar::check_ifname(name).map_err(|e| usage(e.0))?;
         let (m, taken) = {
@@ -436,7 +455,7 @@ impl Daemon {
         }
         // A slave as master: the new slave joins that slave's port (spec §1.3 step 2).
         if let Some((pi, _)) = self.find_slave(caller, m.index)? {
-            return self.add_to_port(pi, caller, name, mtu, mode, flags);
+            return self.add_to_port(pi, caller, name, mtu, conf);
         }
         if m.alias
             .as_deref()
@@ -470,7 +489,7 @@ impl Daemon {
             Some(pi) => pi,
             None => self.new_port(caller, &m)?,
         };
-        let result = self.add_to_port(pi, caller, name, mtu, mode, flags);
+        let result = self.add_to_port(pi, caller, name, mtu, conf);
         if result.is_err()
             && let Some(pi) = self
                 .ports
@@ -490,8 +509,7 @@ impl Daemon {
         caller: &NetNs,
         name: &str,
         mtu: Option<u32>,
-        mode: Option<Mode>,
-        flags: Option<Flags>,
+        conf: PortArgs,
     ) -> Result<(), Fail> {
         let id = self.ports[pi].port.add_slave().map_err(|e| {
             refused(format!(
@@ -504,8 +522,16 @@ impl Daemon {
         let spec_mtu = mtu.unwrap_or(p.master_mtu);
         let host_name = host_end_name(master_index, id.0);
         let here = caller.key() == pns;
-        let owner = self.owner.clone();
-        let (port_kind, port_mode, port_flags) = (p.kind, p.port.mode(), p.port.flags());
+        let port_kind = p.kind;
+        let mark = Mark {
+            owner: self.owner.clone(),
+            slave: name.to_string(),
+            master_index,
+            dev_id: id,
+            mode: p.port.mode(),
+            flags: p.port.flags(),
+            source_guard: p.port.source_guard(),
+        };
         let w = self
             .watched
             .get_mut(&pns)
@@ -556,15 +582,7 @@ impl Daemon {
                 host.index,
                 &LinkChange {
                     flags_set: IFF_NOARP,
-                    alias: Some(Mark::alias(
-                        &owner,
-                        name,
-                        &master_name,
-                        master_index,
-                        id,
-                        port_mode,
-                        port_flags,
-                    )),
+                    alias: Some(mark.alias(&master_name)),
                     ipv6_autoconf: Some(false),
                     ..Default::default()
                 },
@@ -577,7 +595,7 @@ impl Daemon {
                 },
             )?;
             let sock = w.ns.run(|| PacketSocket::open(host.index))??;
-            sock.set_filter(port_kind.filters(port_mode).1)?;
+            sock.set_filter(port_kind.filters(mark.mode).1)?;
             Ok((host, slave, sock))
         })();
         let (host, slave, sock) = match made {
@@ -606,13 +624,15 @@ impl Daemon {
                 flags: slave.flags,
             },
         );
-        let (old_mode, old_flags) = (p.port.mode(), p.port.flags());
-        let mode_changed = p.port.apply_newlink(mode, flags);
+        let old = Settings::of(&p.port);
+        let mode_changed = p.port.apply_newlink(conf.mode, conf.flags);
+        if let Some(on) = conf.source_guard {
+            p.port.set_source_guard(on);
+        }
         if let Err(e) = self.sync_l3s(pi) {
             // As the kernel does when the L3S hooks cannot be registered: the new
             // slave is torn down and the port keeps its mode.
-            let p = &mut self.ports[pi];
-            p.port.apply_changelink(Some(old_mode), Some(old_flags));
+            old.restore(&mut self.ports[pi].port);
             self.remove_slave(pi, id, true);
             return Err(e);
         }
@@ -627,7 +647,7 @@ impl Daemon {
             master: master_name,
             dev_id: id.0,
         });
-        self.notify_mode(pi, old_mode, old_flags);
+        self.notify_mode(pi, old);
         Ok(())
     }
 
@@ -782,39 +802,36 @@ impl Daemon {
         Ok(())
     }
 
-    fn set(
-        &mut self,
-        caller: &NetNs,
-        dev: &str,
-        mode: Option<Mode>,
-        flags: Option<Flags>,
-    ) -> Result<(), Fail> {
+    fn set(&mut self, caller: &NetNs, dev: &str, conf: PortArgs) -> Result<(), Fail> {
         let (pi, _) = self.resolve_dev(caller, dev)?;
-        let (old_mode, old_flags) = (self.ports[pi].port.mode(), self.ports[pi].port.flags());
-        let changed = self.ports[pi].port.apply_changelink(mode, flags);
+        let port = &mut self.ports[pi].port;
+        let old = Settings::of(port);
+        let changed = port.apply_changelink(conf.mode, conf.flags);
+        if let Some(on) = conf.source_guard {
+            port.set_source_guard(on);
+        }
         if let Err(e) = self.sync_l3s(pi) {
-            self.ports[pi]
-                .port
-                .apply_changelink(Some(old_mode), Some(old_flags));
+            old.restore(&mut self.ports[pi].port);
             return Err(e);
         }
         if changed {
             self.apply_noarp(pi);
         }
         self.publish(pi);
-        self.notify_mode(pi, old_mode, old_flags);
+        self.notify_mode(pi, old);
         Ok(())
     }
 
-    fn notify_mode(&mut self, pi: usize, old_mode: Mode, old_flags: Flags) {
+    fn notify_mode(&mut self, pi: usize, old: Settings) {
         let p = &self.ports[pi];
-        let (mode, flags) = (p.port.mode(), p.port.flags());
-        if (mode, flags) != (old_mode, old_flags) {
+        let now = Settings::of(&p.port);
+        if now != old {
             let master = p.master_name.clone();
             self.notify(Notice::ModeChanged {
                 master,
-                mode,
-                flags,
+                mode: now.mode,
+                flags: now.flags,
+                source_guard: now.source_guard,
             });
         }
     }
@@ -868,6 +885,7 @@ impl Daemon {
                     master_netns: ns_name(p.ns),
                     mode: p.port.mode(),
                     port_flags: p.port.flags(),
+                    source_guard: p.port.source_guard(),
                     dev_id: id.0,
                     host_end: rec.host_name.clone(),
                     addrs: state
@@ -933,6 +951,7 @@ impl Daemon {
                 let kind = match kind {
                     "private" => ipvlan_datapath::DropKind::Private,
                     "spoof" => ipvlan_datapath::DropKind::Spoof,
+                    "guard" => ipvlan_datapath::DropKind::SourceGuard,
                     _ => continue,
                 };
                 if let (Ok(id), Some(n)) = (id.parse(), c["packets"].as_u64()) {
@@ -975,21 +994,23 @@ impl Daemon {
         let mut addrs: Vec<IpAddr> = snap.table.iter().map(|(ip, _)| ip).collect();
         addrs.sort();
         let mode = snap.mode;
-        if p.marked != Some((mode, snap.flags))
+        let settings = Settings::of(&p.port);
+        if p.marked != Some(settings)
             && let Some(w) = self.watched.get_mut(&p.ns)
         {
             // The port's state lives on its devices, for the next daemon (see `adopt`).
             let mut ok = true;
             for (&id, r) in &p.slaves {
-                let alias = Mark::alias(
-                    &self.owner,
-                    &r.name,
-                    &p.master_name,
-                    p.master_index,
-                    id,
+                let alias = Mark {
+                    owner: self.owner.clone(),
+                    slave: r.name.clone(),
+                    master_index: p.master_index,
+                    dev_id: id,
                     mode,
-                    snap.flags,
-                );
+                    flags: snap.flags,
+                    source_guard: snap.source_guard,
+                }
+                .alias(&p.master_name);
                 let change = LinkChange {
                     alias: Some(alias),
                     ..Default::default()
@@ -997,7 +1018,7 @@ impl Daemon {
                 ok &= w.rtnl.set_link(r.host_index, &change).is_ok();
             }
             if ok {
-                p.marked = Some((mode, snap.flags));
+                p.marked = Some(settings);
             }
         }
         if p.filtered_for != Some(mode) {

@@ -191,6 +191,15 @@ pub fn mac(ns: &str, dev: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// `"02:00:00:00:00:01"` as bytes.
+pub fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    v.try_into().expect("six bytes")
+}
+
 /// Whether a link of that name exists in `ns`.
 pub fn link_exists(ns: &str, dev: &str) -> bool {
     sh(&format!("ip -n {ns} link show dev {dev}"))
