@@ -252,18 +252,81 @@ fn host_end_name(master_index: u32, dev_id: u16) -> String {
     }
 }
 
+/// Checks that another user can neither replace the control socket nor plant one:
+/// its directory is created `0700` if missing; an existing one must be a real
+/// directory (not a symbolic link), owned by the daemon's user or root, and writable
+/// by nobody else unless it is sticky (like `/tmp`). Whatever is at the path itself
+/// must be a socket (left by an earlier daemon): a file or a link there is refused, not
+/// removed.
+fn safe_socket_path(socket: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let md = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = md.mode() & 0o7777;
+    if md.file_type().is_symlink() {
+        anyhow::bail!(
+            "the control socket's directory {} is a symbolic link; give a real directory with --socket",
+            dir.display()
+        );
+    }
+    if !md.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    if md.uid() != me && md.uid() != 0 {
+        anyhow::bail!(
+            "the control socket's directory {} belongs to uid {}, not to the daemon's user (uid {me}) or root; another user could replace the socket",
+            dir.display(),
+            md.uid()
+        );
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        anyhow::bail!(
+            "the control socket's directory {} is writable by other users (mode {mode:04o}); make it 0755 or 0700, or use a sticky directory",
+            dir.display()
+        );
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if !m.file_type().is_socket() => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it (remove it, or choose another --socket)",
+            socket.display()
+        ),
+        Ok(m) if m.uid() != me && m.uid() != 0 => anyhow::bail!(
+            "the socket {} belongs to uid {}, not to the daemon's user",
+            socket.display(),
+            m.uid()
+        ),
+        _ => Ok(()),
+    }
+}
+
 impl Daemon {
     pub fn new(socket: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        safe_socket_path(socket)?;
         if UnixStream::connect(socket).is_ok() {
             anyhow::bail!("a daemon already answers on {}", socket.display());
         }
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket)
-            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        if socket.exists() {
+            // A socket left by a daemon that died (checked: a socket, nobody answers).
+            std::fs::remove_file(socket)
+                .with_context(|| format!("cannot remove the stale {}", socket.display()))?;
+        }
+        // Created 0600 (no moment where others may connect), and set so again below.
+        let old_mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(socket);
+        nix::sys::stat::umask(old_mask);
+        let listener = bound.with_context(|| format!("cannot listen on {}", socket.display()))?;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let poll = Poll::new()?;
