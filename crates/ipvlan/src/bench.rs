@@ -371,6 +371,34 @@ impl Daemon {
         // Fields 14 and 15 of stat(5); `after` starts at field 3.
         (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / clk_tck()
     }
+
+    /// CPU seconds of the daemon and of the children it waited for (its `nft` runs):
+    /// fields 14 to 17 of stat(5).
+    fn cpu_secs_with_children(&self) -> f64 {
+        let stat = self.proc_file("stat");
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<f64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        f.iter().skip(11).take(4).sum::<f64>() / clk_tck()
+    }
+
+    /// Waits until the daemon has used no CPU for half a second (at most `limit`);
+    /// returns how long that took.
+    fn settle(&self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let mut last = self.cpu_secs_with_children();
+        while start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.cpu_secs_with_children();
+            if now - last < 0.005 {
+                break;
+            }
+            last = now;
+        }
+        start.elapsed()
+    }
 }
 
 impl Drop for Daemon {
@@ -705,6 +733,21 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
                     .map(|n| format!("link set {n} up"))
                     .collect::<Vec<_>>(),
             )
+        })
+        .map(|()| {
+            // A busy pair among idle slaves: both variants wait for the new devices'
+            // own start-up traffic (DAD, MLD, router solicitations), and ipvlan-rs for
+            // its daemon to have learned every address (reported as its own figure).
+            std::thread::sleep(Duration::from_secs(2));
+            if let Some(d) = &daemon {
+                let waited = d.settle(Duration::from_secs(60));
+                rec.take(
+                    v,
+                    &format!("daemon settled after {} slaves came up", plan.many),
+                    SECS,
+                    Ok(waited.as_secs_f64() + 2.0),
+                );
+            }
         })
         .and_then(|()| iperf(ns0, ns1, "10.77.0.11", plan.secs, &[]))
         .and_then(|j| num(&j, "/end/sum_received/bits_per_second"));

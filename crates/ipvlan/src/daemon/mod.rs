@@ -200,6 +200,8 @@ pub struct Daemon {
     /// When the oldest unapplied nft change was made, and the latest.
     nft_since: Option<std::time::Instant>,
     nft_last: std::time::Instant,
+    /// When an nft run last ended.
+    nft_applied: std::time::Instant,
     /// When the ports' nft tables were last checked for (see `restore_tables`).
     checked_tables: std::time::Instant,
 }
@@ -347,6 +349,7 @@ impl Daemon {
             owner: Mark::owner_of(socket),
             nft_since: None,
             nft_last: std::time::Instant::now(),
+            nft_applied: std::time::Instant::now(),
             checked_tables: std::time::Instant::now(),
         })
     }
@@ -1124,23 +1127,32 @@ impl Daemon {
             .update(Plan::new(snap, slaves, queue, p.kind == Backend::Kernel));
         // Every `nft` run reads the table back, so a burst of slaves created or deleted
         // costs one run instead of one each (see `flush_nft`).
-        // Coalesced: slaves added or removed (and the addresses that went with them).
-        // At once: everything else, so that a new address, a mode or a flag takes effect
-        // before the request that made it is answered.
-        let only_slaves_came_or_went = p.prog.as_ref().is_some_and(|old| {
-            old.skeleton == prog.skeleton
-                && old.parts.keys().ne(prog.parts.keys())
-                && old
-                    .parts
-                    .iter()
-                    .all(|(k, v)| prog.parts.get(k).is_none_or(|n| n == v))
-                && old
-                    .elements
-                    .iter()
-                    .all(|(set, e)| prog.elements.get(set).is_some_and(|n| n.is_subset(e)))
-        }) && p.l3s_prog == l3s_prog;
+        // Coalesced: slaves added or removed (and the addresses that went with them), and
+        // addresses learned or forgotten while an nft run has just ended (a burst: 500
+        // slaves coming up learn 500 link-locals).
+        // At once: everything else, so that a lone new address, a mode or a flag takes
+        // effect before the request that made it is answered.
+        let burst = std::time::Instant::now() - self.nft_applied < NFT_QUIET;
+        let only_addresses = burst
+            && p.l3s_prog == l3s_prog
+            && p.prog
+                .as_ref()
+                .is_some_and(|old| old.skeleton == prog.skeleton && old.parts == prog.parts);
+        let coalesce = only_addresses
+            || p.prog.as_ref().is_some_and(|old| {
+                old.skeleton == prog.skeleton
+                    && old.parts.keys().ne(prog.parts.keys())
+                    && old
+                        .parts
+                        .iter()
+                        .all(|(k, v)| prog.parts.get(k).is_none_or(|n| n == v))
+                    && old
+                        .elements
+                        .iter()
+                        .all(|(set, e)| prog.elements.get(set).is_some_and(|n| n.is_subset(e)))
+            }) && p.l3s_prog == l3s_prog;
         p.pending = Some((prog, l3s_prog));
-        if !only_slaves_came_or_went {
+        if !coalesce {
             self.apply_nft(pi);
         } else {
             let now = std::time::Instant::now();
@@ -1228,6 +1240,7 @@ impl Daemon {
             }
             nft::apply(&w.ns, &full)
         });
+        self.nft_applied = std::time::Instant::now();
         match applied {
             Ok(()) => {
                 p.prog = Some(prog);
