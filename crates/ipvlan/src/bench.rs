@@ -360,28 +360,25 @@ impl Daemon {
         kib / 1024.0
     }
 
-    /// utime + stime, in seconds.
-    fn cpu_secs(&self) -> f64 {
+    /// The numeric fields of /proc/PID/stat from field 3 on (after the command name).
+    fn stat_fields(&self) -> Vec<f64> {
         let stat = self.proc_file("stat");
         let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<f64> = after
+        after
             .split_whitespace()
             .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        // Fields 14 and 15 of stat(5); `after` starts at field 3.
-        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / clk_tck()
+            .collect()
+    }
+
+    /// utime + stime (fields 14 and 15 of stat(5)), in seconds.
+    fn cpu_secs(&self) -> f64 {
+        self.stat_fields().iter().skip(11).take(2).sum::<f64>() / clk_tck()
     }
 
     /// CPU seconds of the daemon and of the children it waited for (its `nft` runs):
     /// fields 14 to 17 of stat(5).
     fn cpu_secs_with_children(&self) -> f64 {
-        let stat = self.proc_file("stat");
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<f64> = after
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        f.iter().skip(11).take(4).sum::<f64>() / clk_tck()
+        self.stat_fields().iter().skip(11).take(4).sum::<f64>() / clk_tck()
     }
 
     /// Waits until the daemon has used no CPU for half a second (at most `limit`);
