@@ -46,6 +46,7 @@ mod adopt;
 mod events;
 mod l3s;
 mod metrics;
+mod tables;
 
 pub use adopt::Mark;
 pub use metrics::MetricsListener;
@@ -144,6 +145,9 @@ struct PortRec {
     l3s_prog: Option<Program>,
     /// Programs computed but not applied yet (coalesced, see `Daemon::flush_nft`).
     pending: Option<(Program, Option<Program>)>,
+    /// What the kernel lists for the applied tables, and the ruleset generation our
+    /// last apply made (see `tables`).
+    listed: tables::Listed,
     /// The master was up with carrier at the last look.
     master_running: bool,
     /// Present while the port is in L3S mode.
@@ -159,6 +163,8 @@ struct Watched {
     token: Token,
     /// Where namespaces with an id here were last found.
     nsid_paths: HashMap<i32, PathBuf>,
+    /// The namespace's nftables generation, as the table check follows it.
+    nft_gen: tables::Gen,
 }
 
 pub struct Daemon {
@@ -177,7 +183,7 @@ pub struct Daemon {
     /// When the oldest unapplied nft change was made, and the latest.
     nft_since: Option<std::time::Instant>,
     nft_last: std::time::Instant,
-    /// When the ports' nft tables were last checked for (see `restore_tables`).
+    /// When the ports' nft tables were last checked (see `restore_tables`).
     checked_tables: std::time::Instant,
 }
 
@@ -656,6 +662,7 @@ impl Daemon {
             prog: None,
             l3s_prog: None,
             pending: None,
+            listed: Default::default(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
             master_mtu: m.mtu,
@@ -684,6 +691,7 @@ impl Daemon {
                 monitor,
                 token,
                 nsid_paths: HashMap::new(),
+                nft_gen: tables::Gen::open(ns),
             },
         );
         Ok(())
@@ -1065,43 +1073,6 @@ impl Daemon {
         }
     }
 
-    /// Puts back a port's nft table that someone deleted (`nft delete table ...`,
-    /// `nft flush ruleset`): the whole program is applied again.
-    fn restore_tables(&mut self) {
-        let keys: Vec<NsKey> = self.watched.keys().copied().collect();
-        for key in keys {
-            let listed = match nft::query(&self.watched[&key].ns, &["list", "tables"]) {
-                Ok(out) => out,
-                Err(_) => continue,
-            };
-            let has = |family: &str, table: &str| {
-                listed
-                    .lines()
-                    .any(|l| l.trim() == format!("table {family} {table}"))
-            };
-            for pi in 0..self.ports.len() {
-                let p = &mut self.ports[pi];
-                if p.ns != key {
-                    continue;
-                }
-                let main_gone = p.prog.as_ref().is_some_and(|g| !has(g.family, &g.table));
-                let l3s_gone = p
-                    .l3s_prog
-                    .as_ref()
-                    .is_some_and(|g| !has(g.family, &g.table));
-                if main_gone || l3s_gone {
-                    tracing::warn!(
-                        "the nft table of {} was removed from outside; restoring it",
-                        p.master_name
-                    );
-                    p.prog = None;
-                    p.l3s_prog = None;
-                    self.publish(pi);
-                }
-            }
-        }
-    }
-
     /// Applies coalesced nft changes once things are quiet for a moment, or at the
     /// latest a second after the first of them.
     fn flush_nft(&mut self, force: bool) {
@@ -1133,9 +1104,10 @@ impl Daemon {
         if script.is_empty() {
             return;
         }
-        let Some(w) = self.watched.get(&p.ns) else {
+        let Some(w) = self.watched.get_mut(&p.ns) else {
             return;
         };
+        let before = w.nft_gen.get();
         let applied = nft::apply(&w.ns, &script).or_else(|e| {
             tracing::debug!("incremental nft update refused ({e}); replacing the tables");
             let mut full = prog.full();
@@ -1148,6 +1120,7 @@ impl Daemon {
             Ok(()) => {
                 p.prog = Some(prog);
                 p.l3s_prog = l3s_prog;
+                p.listed = w.nft_gen.applied(before);
             }
             Err(e) if p.kind == Backend::Kernel => {
                 tracing::error!(
