@@ -64,14 +64,7 @@ fn slaves_deleted_behind_the_daemons_back_are_forgotten() {
     // The slave end, from inside its namespace.
     ok(&format!("ip -n {} link del ipvl0", t.ns(0)));
     // The host end, beside the master (it carries the slave with it).
-    let host_end = {
-        let out = t.ipvlan_ok(&t.host, &["-j", "-d", "link", "show"]);
-        let v: Value = serde_json::from_str(&out).expect("JSON");
-        v.as_array()
-            .and_then(|a| a.iter().find(|e| e["ifname"] == "ipvl1"))
-            .and_then(|e| e["host_end"].as_str().map(String::from))
-            .expect("ipvl1's host end")
-    };
+    let host_end = host_end(&t, "ipvl1");
     ok(&format!("ip -n {} link del {host_end}", t.host));
     assert!(
         eventually(Duration::from_secs(5), || listed(&t).is_empty()),
@@ -90,6 +83,14 @@ fn slaves_deleted_behind_the_daemons_back_are_forgotten() {
         t.v4(11)
     ));
     t.assert_ping(t.ns(1), &t.router_v4());
+}
+
+/// The name of slave `dev`'s host end (from `ipvlan -j -d link show`).
+fn host_end(t: &Topo, dev: &str) -> String {
+    links_by_name(t, &t.host, &["-d"])
+        .get(dev)
+        .and_then(|e| e["host_end"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("{dev} has no host end listed"))
 }
 
 /// An Ethernet+IPv4+UDP frame (virtio-net header first) from `src` to the router.
@@ -388,18 +389,106 @@ fn a_table_edited_by_hand_is_restored() {
             canonical(&t, &table)
         );
         // The log also proves the edit was seen (the table may be back before the
-        // first listing above could show the edit).
-        let logged = t
-            .daemon()
-            .log_text()
-            .matches("changed from outside")
-            .count();
+        // first listing above could show the edit). It may come just after the
+        // restoration: the daemon may only know it was an edit once it re-applied.
+        let logged = || {
+            t.daemon()
+                .log_text()
+                .matches("changed from outside")
+                .count()
+        };
+        eventually(Duration::from_secs(2), || logged() > n);
         assert_eq!(
-            logged,
+            logged(),
             n + 1,
             "{what}: restorations logged so far (\"changed from outside\")"
         );
         t.assert_ping(&t.router, &slave0);
         t.assert_ping(t.ns(0), &t.v4(11));
+    }
+}
+
+#[test]
+fn a_host_end_tampered_with_is_repaired() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    let he = host_end(&t, "ipvl0");
+    let h = t.host.clone();
+    let bridge = format!("{}-br", t.prefix);
+    ok(&format!("ip -n {h} link add {bridge} type bridge"));
+    ok(&format!("ip -n {h} link set dev {bridge} up"));
+    let link = || link_json(&h, &he);
+    let up = |l: &Value| {
+        l["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP"))
+    };
+    type Case<'a> = (&'a str, String, Box<dyn Fn() -> bool + 'a>);
+    let cases: Vec<Case> = vec![
+        (
+            "set down",
+            format!("link set dev {he} down"),
+            Box::new(|| up(&link())),
+        ),
+        (
+            "MTU lowered",
+            format!("link set dev {he} mtu 1280"),
+            Box::new(|| link()["mtu"] == 65535),
+        ),
+        (
+            "alias cleared",
+            format!("link set dev {he} alias \"\""),
+            Box::new(|| {
+                link()["ifalias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("ipvlan-rs:"))
+            }),
+        ),
+        (
+            "ARP turned on",
+            format!("link set dev {he} arp on"),
+            Box::new(|| {
+                link()["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "NOARP"))
+            }),
+        ),
+        (
+            "made a bridge port",
+            format!("link set dev {he} master {bridge}"),
+            Box::new(|| link().get("master").is_none() && up(&link())),
+        ),
+        (
+            "given an address",
+            format!("addr add {}/32 dev {he}", t.v4(250)),
+            Box::new(|| addrs(&h, &he, "-4", "global").is_empty()),
+        ),
+    ];
+    let repairs = || {
+        let log = t.daemon().log_text();
+        log.matches("from outside (").count() + log.matches("from outside; removed it").count()
+    };
+    for (n, (what, cmd, repaired)) in cases.iter().enumerate() {
+        ok(&format!("ip -n {h} {cmd}"));
+        assert!(
+            eventually(Duration::from_secs(5), repaired),
+            "host end {he} {what} (`ip {cmd}`): not repaired\n{}",
+            t.diag()
+        );
+        assert!(
+            eventually(Duration::from_secs(2), || repairs() > n),
+            "host end {he} {what}: no repair logged"
+        );
+        t.assert_ping(&t.router, &t.v4(10));
+        t.assert_ping(t.ns(0), &t.v4(11));
+        // Frames as large as the slave's MTU pass again (an MTU left at 1280 would
+        // drop them on the host end).
+        let big = sh(&format!(
+            "ip netns exec {} ping -c 2 -W 2 -i 0.2 -M do -s 1472 {}",
+            t.ns(0),
+            t.router_v4()
+        ));
+        assert!(big.status.success(), "{what}: full-size frames do not pass");
     }
 }

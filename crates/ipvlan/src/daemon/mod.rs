@@ -44,6 +44,7 @@ use ipvlan::proto::{self, Notice, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
+mod hostend;
 mod l3s;
 mod metrics;
 mod tables;
@@ -528,8 +529,7 @@ impl Daemon {
             mac: spec_mac,
             mtu: spec_mtu,
             peer_name: &host_name,
-            // The host end carries whatever the slave sends (the driver has no TX MTU check).
-            peer_mtu: 65535,
+            peer_mtu: hostend::HOST_END_MTU,
             peer_netns_fd: (!here).then(|| w.ns.as_raw_fd()),
         };
         let created = match own.as_mut() {

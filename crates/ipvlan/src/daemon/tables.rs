@@ -165,10 +165,10 @@ impl Daemon {
                 continue;
             }
             let ours = std::mem::take(&mut w.nft_gen.ours);
-            w.nft_gen.checked = now;
             let ns = &self.watched[&key].ns;
             // (port, why, the digest before)
             let mut redo = Vec::new();
+            let mut unlisted = false;
             for (pi, p) in self.ports.iter_mut().enumerate() {
                 if p.ns != key {
                     continue;
@@ -178,7 +178,10 @@ impl Daemon {
                     continue;
                 }
                 match listing(ns, &progs) {
-                    Err(e) => tracing::debug!("listing the tables of {}: {e}", p.master_name),
+                    Err(e) => {
+                        tracing::debug!("listing the tables of {}: {e}", p.master_name);
+                        unlisted = true;
+                    }
                     Ok(None) => redo.push((pi, Redo::Removed, None)),
                     Ok(Some(d)) => match p.listed.digest {
                         Some(r) if r == d => {}
@@ -192,6 +195,12 @@ impl Daemon {
                     },
                 }
             }
+            // Not listed: looked at again at the next check.
+            self.watched
+                .get_mut(&key)
+                .expect("a watched namespace")
+                .nft_gen
+                .checked = if unlisted { None } else { now };
             for (pi, why, before) in redo {
                 let master = &self.ports[pi].master_name;
                 match why {
