@@ -118,6 +118,33 @@ fn frame(src: [u8; 6], dst: [u8; 6], from: [u8; 4], to: [u8; 4], marker: &[u8]) 
     f
 }
 
+/// Sends each frame (virtio-net header first) on `dev` in `ns` from a packet socket;
+/// what the kernel said to each.
+fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> Vec<Result<usize, String>> {
+    let index = ifindex(ns, dev);
+    let what = format!("a packet socket on {dev} in {ns}");
+    in_netns(ns, move || {
+        let sock = PacketSocket::open(index).unwrap_or_else(|e| panic!("{what}: {e}"));
+        frames
+            .iter()
+            .map(|f| sock.send(f).map_err(|e| e.to_string()))
+            .collect()
+    })
+}
+
+/// `frames`, `n` times over.
+fn repeat(frames: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
+    (0..n).flat_map(|_| frames.iter().cloned()).collect()
+}
+
+/// The MACs of the master and of its peer, the router.
+fn wire_macs(t: &Topo) -> ([u8; 6], [u8; 6]) {
+    (
+        mac_bytes(&mac(&t.host, "eth0")),
+        mac_bytes(&mac(&t.router, "eth0")),
+    )
+}
+
 fn mac_bytes(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s
         .split(':')
@@ -137,8 +164,7 @@ fn frames_with_a_forged_source_mac_never_leave_the_master() {
     require_root();
     let t = Topo::new(2);
     two_slaves(&t);
-    let master = mac_bytes(&mac(&t.host, "eth0"));
-    let router = mac_bytes(&mac(&t.router, "eth0"));
+    let (master, router) = wire_macs(&t);
     let x = t.x as u8;
     let (from, to) = ([10, x, 0, 10], [10, x, 0, 1]);
     let forged = frame(
@@ -169,14 +195,8 @@ fn frames_with_a_forged_source_mac_never_leave_the_master() {
         })
     });
     std::thread::sleep(Duration::from_millis(300));
-    let tx_index = ifindex(t.ns(0), "ipvl0");
-    in_netns(t.ns(0), move || {
-        let sock = PacketSocket::open(tx_index).expect("packet socket in ns0");
-        for _ in 0..5 {
-            sock.send(&forged).expect("send forged");
-            sock.send(&honest).expect("send honest");
-        }
-    });
+    let sent = send_frames(t.ns(0), "ipvl0", repeat(&[forged, honest], 5));
+    assert!(sent.iter().all(Result::is_ok), "sending failed: {sent:?}");
     let seen = listener.join().expect("listener");
     let has = |m: &[u8]| seen.iter().any(|f| f.windows(m.len()).any(|w| w == m));
     assert!(
@@ -491,4 +511,191 @@ fn a_host_end_tampered_with_is_repaired() {
         ));
         assert!(big.status.success(), "{what}: full-size frames do not pass");
     }
+}
+
+/// Malformed variants of a good IPv4 frame `good` (virtio-net header first), each with
+/// what is wrong with it and the drop counter an L3 port counts it under (L3 refuses
+/// what is not IP before it parses anything).
+fn malformed(good: &[u8]) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    const IP: usize = 10 + 14;
+    const M: &str = "malformed";
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = good.to_vec();
+        f(&mut v);
+        v
+    };
+    vec![
+        ("an Ethernet header alone", M, good[..IP].to_vec()),
+        ("a truncated IPv4 header", M, good[..IP + 12].to_vec()),
+        ("IPv4 with IHL 4", M, with(&|v| v[IP] = 0x44)),
+        ("IPv4 with version 6", M, with(&|v| v[IP] = 0x65)),
+        (
+            "IPv4 longer than the frame",
+            M,
+            with(&|v| v[IP + 2..IP + 4].copy_from_slice(&1400u16.to_be_bytes())),
+        ),
+        (
+            "a truncated IPv6 header",
+            M,
+            with(&|v| {
+                v[IP - 2..IP].copy_from_slice(&[0x86, 0xdd]);
+                v[IP] = 0x60;
+                v.truncate(IP + 20);
+            }),
+        ),
+        (
+            "a truncated ARP packet",
+            "l3_filtered",
+            with(&|v| {
+                v[IP - 2..IP].copy_from_slice(&[0x08, 0x06]);
+                v.truncate(IP + 10);
+            }),
+        ),
+    ]
+}
+
+/// A frame claiming to be a TCP super-frame (GSO) that is none: a UDP packet, the
+/// segment size absurd, the checksum offsets pointing past the end.
+fn bogus_gso(good: &[u8]) -> Vec<u8> {
+    let mut v = good.to_vec();
+    v[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    v[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+    v[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+    v[4..6].copy_from_slice(&1u16.to_le_bytes()); // gso_size
+    v[6..8].copy_from_slice(&4000u16.to_le_bytes()); // csum_start
+    v[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    v.resize(3000, 0x5a);
+    v
+}
+
+#[test]
+fn malformed_and_oversized_frames_are_dropped_and_counted() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    let (master, router) = wire_macs(&t);
+    let x = t.x as u8;
+    let (slave0, slave1, ext) = ([10, x, 0, 10], [10, x, 0, 11], [10, x, 0, 1]);
+
+    // From a slave. In L3 every unicast it sends is parsed for routing, so a header
+    // that does not parse is counted `malformed` (in L2 such a frame to another MAC
+    // is switched as it is, as a switch would).
+    t.ipvlan_ok(
+        t.ns(0),
+        &[
+            "link", "set", "dev", "ipvl0", "type", "ipvlan", "mode", "l3",
+        ],
+    );
+    let is_l3 =
+        || links_by_name(&t, &t.host, &["-d"])["ipvl0"]["linkinfo"]["info_data"]["mode"] == "l3";
+    assert!(
+        eventually(Duration::from_secs(5), is_l3),
+        "the port is not in l3"
+    );
+    let good = frame(master, master, slave0, slave1, b"to-slave1");
+    let bad = malformed(&good);
+    let counters = ["malformed", "l3_filtered"];
+    let before = counters.map(|c| drops(&t, "ipvl0", c));
+    let mut frames: Vec<Vec<u8>> = bad.iter().map(|(_, _, f)| f.clone()).collect();
+    frames.push(bogus_gso(&good));
+    frames.push(vec![0x5a; 10 + 9000]); // larger than the slave's MTU
+    let sent = send_frames(t.ns(0), "ipvl0", repeat(&frames, 20));
+    let accepted = |range: std::ops::Range<usize>| {
+        sent.iter()
+            .enumerate()
+            .filter(|(i, r)| range.contains(&(i % frames.len())) && r.is_ok())
+            .count() as u64
+    };
+    eprintln!(
+        "from the slave: {} malformed frames accepted by the kernel, bogus GSO {}, oversized {} (of 20 each); errors: {:?}",
+        accepted(0..bad.len()),
+        accepted(bad.len()..bad.len() + 1),
+        accepted(bad.len() + 1..bad.len() + 2),
+        sent.iter()
+            .filter_map(|r| r.as_ref().err())
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    for (i, counter) in counters.iter().enumerate() {
+        let sent: u64 = (0..bad.len())
+            .filter(|&k| bad[k].1 == *counter)
+            .map(|k| accepted(k..k + 1))
+            .sum();
+        let what: Vec<&str> = bad
+            .iter()
+            .filter(|b| b.1 == *counter)
+            .map(|b| b.0)
+            .collect();
+        assert_eq!(
+            sent,
+            20 * what.len() as u64,
+            "the kernel refused frames: {sent:?}"
+        );
+        let counted = || drops(&t, "ipvl0", counter) - before[i];
+        assert!(
+            eventually(Duration::from_secs(5), || counted() >= sent),
+            "{sent} frames sent by ipvl0 ({what:?}), {} counted `{counter}`\n{}",
+            counted(),
+            t.diag()
+        );
+    }
+    // A slave still reaches another.
+    t.assert_ping(t.ns(0), &t.v4(11));
+
+    // From the wire, in L2: to the master's MAC and broadcast; and a frame larger
+    // than the master's MTU. None of them can be blamed on a slave.
+    t.ipvlan_ok(
+        t.ns(0),
+        &[
+            "link", "set", "dev", "ipvl0", "type", "ipvlan", "mode", "l2",
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !is_l3()),
+        "the port is not back in l2"
+    );
+    ok(&format!("ip -n {} link set dev eth0 mtu 9000", t.router));
+    let good = frame(router, master, ext, slave0, b"to-slave0");
+    let mut frames: Vec<Vec<u8>> = malformed(&good).into_iter().map(|(_, _, f)| f).collect();
+    let broadcast: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            f[10..16].copy_from_slice(&[0xff; 6]);
+            f
+        })
+        .collect();
+    frames.extend(broadcast);
+    frames.push(bogus_gso(&good));
+    let mut big = good.clone();
+    big.resize(10 + 9000, 0x5a);
+    frames.push(big);
+    let sent = send_frames(&t.router, "eth0", repeat(&frames, 20));
+    let refused: Vec<(usize, &String)> = sent
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i % frames.len(), e)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    eprintln!(
+        "from the wire: {} of {} frames accepted by the kernel; refused (kind, error): {refused:?}",
+        sent.iter().filter(|r| r.is_ok()).count(),
+        sent.len()
+    );
+
+    // The daemon is alive and answers, every slave is still there, good traffic flows.
+    let listed = links_by_name(&t, &t.host, &["-s"]);
+    assert!(
+        listed.contains_key("ipvl0") && listed.contains_key("ipvl1"),
+        "slaves lost: {listed:?}"
+    );
+    t.assert_ping(&t.router, &t.v4(10));
+    t.assert_ping(t.ns(0), &t.v4(11));
+    t.assert_tcp(t.ns(1), t.ns(0), &t.v4(10), 4);
+    // The text form shows the same counter.
+    let text = t.ipvlan_ok(t.ns(0), &["-s", "link", "show", "dev", "ipvl0"]);
+    assert!(
+        text.contains("dropped malformed: "),
+        "`ipvlan -s link show` shows no malformed drops:\n{text}"
+    );
 }
