@@ -699,3 +699,135 @@ fn malformed_and_oversized_frames_are_dropped_and_counted() {
         "`ipvlan -s link show` shows no malformed drops:\n{text}"
     );
 }
+
+/// Replies a `ping -c COUNT -i 0.1 -W 1` from `ns` to `addr` got.
+fn ping_replies(ns: &str, addr: &str, count: u32) -> u32 {
+    let out = stdout(&sh(&format!(
+        "ip netns exec {ns} ping -c {count} -i 0.1 -W 1 {addr}"
+    )));
+    out.lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" packets transmitted, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_slave_that_never_reads_does_not_hold_up_the_others() {
+    require_root();
+    let t = Topo::new(3);
+    two_slaves(&t);
+    let dev = add_slave(&t, 2, &["mode", "l2"]);
+    ok(&format!(
+        "ip -n {} addr add {}/24 dev {dev}",
+        t.ns(2),
+        t.v4(12)
+    ));
+    t.assert_ping(t.ns(2), &t.router_v4());
+    // ns2 binds a UDP port with a small buffer and never reads it.
+    let sink: std::net::SocketAddr = format!("{}:9999", t.v4(12)).parse().expect("an address");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, ns2) = (stop.clone(), t.ns(2).to_string());
+    let deaf = spawn_in_netns(&ns2, move || {
+        let sock = std::net::UdpSocket::bind(sink).expect("bind the deaf socket");
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(sock);
+    });
+    // ns0 fills it (and keeps sending) for 3 s, while ns1 talks to ns0 and the router.
+    let (s0, ns0) = (stop.clone(), t.ns(0).to_string());
+    let sender = spawn_in_netns(&ns0, move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind the sender");
+        let payload = [0x42u8; 1200];
+        let mut sent = 0u64;
+        while !s0.load(std::sync::atomic::Ordering::Relaxed) {
+            if sock.send_to(&payload, sink).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let replies = ping_replies(t.ns(1), &t.router_v4(), 20);
+    t.assert_tcp(t.ns(1), t.ns(0), &t.v4(10), 8);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().expect("the sender");
+    deaf.join().expect("the deaf socket");
+    let snmp = ok(&format!("ip netns exec {} cat /proc/net/snmp", t.ns(2)));
+    eprintln!(
+        "to the deaf socket: {sent} datagrams sent; ns1 -> router: {replies}/20 replies; ns2 Udp: {:?}",
+        snmp.lines()
+            .filter(|l| l.starts_with("Udp:"))
+            .collect::<Vec<_>>()
+    );
+    assert!(sent > 1000, "the sender hardly sent ({sent})");
+    assert!(
+        replies >= 18,
+        "ns1 lost pings to the router while ns2 did not read: {replies}/20"
+    );
+    // The daemon is healthy: it answers, and the deaf slave works once it reads.
+    let listed = links_by_name(&t, &t.host, &["-s"]);
+    assert_eq!(listed.len(), 3, "slaves listed: {:?}", listed.keys());
+    t.assert_ping(t.ns(2), &t.v4(10));
+}
+
+#[test]
+fn a_broadcast_flood_from_one_slave_does_not_starve_another() {
+    require_root();
+    let t = Topo::new(2);
+    two_slaves(&t);
+    let (master, _) = wire_macs(&t);
+    // Broadcasts of a local experimental ethertype: every one is fanned out to ns1
+    // and the wire by the switching thread, in both backends; stacks ignore them.
+    let mut flood = vec![0u8; 10];
+    flood.extend_from_slice(&[0xff; 6]);
+    flood.extend_from_slice(&master);
+    flood.extend_from_slice(&[0x88, 0xb5]);
+    flood.resize(10 + 200, 0x5a);
+    let index = ifindex(t.ns(0), "ipvl0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s0 = stop.clone();
+    let flooder = spawn_in_netns(t.ns(0), move || {
+        let sock = PacketSocket::open(index).expect("a packet socket in ns0");
+        let (mut sent, mut refused) = (0u64, 0u64);
+        while !s0.load(std::sync::atomic::Ordering::Relaxed) {
+            match sock.send(&flood) {
+                Ok(_) => sent += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        (sent, refused)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let before = links_by_name(&t, &t.host, &["-s"]);
+    // The victim resolves the router again and again (ARP goes through the same
+    // fan-out path) and pings it.
+    let (mut replies, mut asked) = (0, 0);
+    for _ in 0..5 {
+        ok(&format!("ip -n {} neigh flush all", t.ns(1)));
+        replies += ping_replies(t.ns(1), &t.router_v4(), 10);
+        asked += 10;
+    }
+    let after = links_by_name(&t, &t.host, &["-s"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, refused) = flooder.join().expect("the flooder");
+    let rx = |m: &std::collections::HashMap<String, Value>| {
+        m["ipvl1"]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0)
+    };
+    eprintln!(
+        "flood: {sent} broadcasts sent ({refused} refused by the kernel); ipvl1 received {} frames meanwhile; victim: {replies}/{asked} ping replies",
+        rx(&after) - rx(&before)
+    );
+    assert!(sent > 10_000, "the flood hardly flooded ({sent})");
+    // Generous: the victim's first ping of a round waits for ARP through the flood.
+    assert!(
+        replies * 10 >= asked * 8,
+        "the victim lost more than 20 % of its pings under the flood: {replies}/{asked}\n{}",
+        t.diag()
+    );
+    let listed = links_by_name(&t, &t.host, &["-s"]);
+    assert_eq!(listed.len(), 2, "slaves listed: {:?}", listed.keys());
+    t.assert_ping(t.ns(1), &t.v4(10));
+}
