@@ -1,5 +1,8 @@
-//! Faults and hostile slaves: what happens behind the daemon's back, and frames a
-//! slave forges. Root only: fresh namespaces (see `common`).
+//! Faults and hostile slaves: what happens behind the daemon's back (namespaces, slaves
+//! and host ends deleted, host ends tampered with, the nft table deleted or edited),
+//! frames a slave forges, malformed and oversized frames from a slave or the wire, and
+//! full socket buffers (a slave that never reads, a broadcast flood). Root only: fresh
+//! namespaces (see `common`).
 
 mod common;
 

@@ -592,6 +592,14 @@ impl Daemon {
                 .rtnl
                 .link_by_name(name)?
                 .ok_or_else(|| refused(format!("host end {name} vanished")))?;
+            // A move resets the device's IPv6 settings: no addresses, before it is up.
+            w.rtnl.set_link(
+                host.index,
+                &LinkChange {
+                    ipv6_autoconf: Some(false),
+                    ..Default::default()
+                },
+            )?;
             w.rtnl.set_link(
                 host.index,
                 &LinkChange {

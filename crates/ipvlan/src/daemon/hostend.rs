@@ -3,9 +3,9 @@
 //! A host end is the daemon's: up while its master runs, MTU [`HOST_END_MTU`], NOARP,
 //! no controller, no addresses, and the alias that marks it as ours ([`Mark`]). Someone
 //! in the master's namespace can change any of that with plain `ip` (set it down, lower
-//! its MTU, clear its alias, make it a bridge port, give it an address); each link or
-//! address event on a host end reads the device again and puts back what differs, and
-//! the log says what was repaired. Renaming it is not repaired (a veth must be down to
+//! its MTU, clear its alias, make it a bridge port, give it an address or turn its
+//! IPv6 address generation back on); each link or address event on a host end reads
+//! the device again and puts back what differs, and the log says what was repaired. Renaming it is not repaired (a veth must be down to
 //! be renamed; setting it up again is).
 
 use super::*;
@@ -104,14 +104,22 @@ impl Daemon {
         let Some(w) = self.watched.get_mut(&key) else {
             return;
         };
+        if a.ip.is_ipv6() {
+            // A generated link-local comes back unless generation stays off.
+            let off = LinkChange {
+                ipv6_autoconf: Some(false),
+                ..Default::default()
+            };
+            let _ = w.rtnl.set_link(a.index, &off);
+        }
         match w.rtnl.del_addr(a) {
             Ok(()) => tracing::warn!(
-                "host end {host_name} of {slave} was given the address {} from outside; removed it",
+                "host end {host_name} of {slave} got the address {} from outside; removed it",
                 a.ip
             ),
             Err(e) if e.errno() == Some(nix::errno::Errno::EADDRNOTAVAIL as i32) => {}
             Err(e) => tracing::error!(
-                "host end {host_name} of {slave} was given the address {} from outside; cannot remove it: {e}",
+                "host end {host_name} of {slave} got the address {} from outside; cannot remove it: {e}",
                 a.ip
             ),
         }

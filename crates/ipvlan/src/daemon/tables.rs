@@ -16,6 +16,8 @@
 //! step, each on its own port's tables) was committed since. When something else was
 //! committed in between, the tables cannot be vouched for and are applied again; if
 //! that changed what the kernel lists, they had been edited, and the log says so.
+//! Where the generation cannot be read, every check lists the tables, and the first
+//! listing after an apply is taken as the reference.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -186,11 +188,12 @@ impl Daemon {
                     Ok(Some(d)) => match p.listed.digest {
                         Some(r) if r == d => {}
                         Some(_) => redo.push((pi, Redo::Changed, Some(d))),
+                        // Without generations to go by, the listing is trusted.
                         None => match (p.listed.generation, now) {
-                            (Some(a), Some(n)) if only_ours(a, n, &ours) => {
-                                p.listed.digest = Some(d);
+                            (Some(a), Some(n)) if !only_ours(a, n, &ours) => {
+                                redo.push((pi, Redo::Unvouched, Some(d)));
                             }
-                            _ => redo.push((pi, Redo::Unvouched, Some(d))),
+                            _ => p.listed.digest = Some(d),
                         },
                     },
                 }
