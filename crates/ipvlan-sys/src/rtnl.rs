@@ -171,6 +171,8 @@ pub struct LinkChange {
     pub ipv6_autoconf: Option<bool>,
     /// Move the link into this namespace (a descriptor, `IFLA_NET_NS_FD`).
     pub netns_fd: Option<RawFd>,
+    /// `IFLA_MASTER`: make the link a port of this bridge or bond; `Some(0)` detaches it.
+    pub controller: Option<u32>,
 }
 
 /// A veth pair to create.
@@ -333,6 +335,14 @@ fn to_event(ty: u16, msg: &[u8]) -> Option<Event> {
         RTM_NEWMULTICAST | RTM_GETMULTICAST => parse_mcast(msg).map(Event::NewMcast),
         RTM_DELMULTICAST => parse_mcast(msg).map(Event::DelMcast),
         _ => match decode(msg).ok()? {
+            // A bridge's view of its ports (`AF_BRIDGE`): a port leaving its bridge is
+            // an RTM_DELLINK of this family, though the device stays. The device's own
+            // messages (`AF_UNSPEC`) say everything that changed.
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)
+                if l.header.interface_family == AddressFamily::Bridge =>
+            {
+                None
+            }
             RouteNetlinkMessage::NewLink(l) => Some(Event::NewLink(parse_link(l))),
             RouteNetlinkMessage::DelLink(l) => Some(Event::DelLink(parse_link(l))),
             RouteNetlinkMessage::NewAddress(a) => parse_addr(a).map(Event::NewAddr),
@@ -495,6 +505,9 @@ impl Rtnl {
         }
         if let Some(fd) = c.netns_fd {
             m.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        if let Some(c) = c.controller {
+            m.attributes.push(LinkAttribute::Controller(c));
         }
         if let Some(auto) = c.ipv6_autoconf {
             let mode = if auto {

@@ -60,15 +60,6 @@ fn show(t: &Topo, opts: &[&str]) -> HashMap<String, Value> {
     links_by_name(t, &t.host, opts)
 }
 
-/// A slave's drop counter for `reason` (0 when absent), from `ipvlan -j -s link show`.
-fn drops(t: &Topo, dev: &str, reason: &str) -> u64 {
-    let list = show(t, &["-s"]);
-    let e = list
-        .get(dev)
-        .unwrap_or_else(|| panic!("no {dev} in `ipvlan -j -s link show`: {list:?}"));
-    e["stats64"]["drops"][reason].as_u64().unwrap_or(0)
-}
-
 /// stats64.rx.packets of every slave.
 fn rx_packets(t: &Topo) -> HashMap<String, u64> {
     show(t, &["-s"])

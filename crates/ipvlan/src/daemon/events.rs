@@ -316,20 +316,28 @@ impl Daemon {
         }
     }
 
+    /// The first slave of a port in namespace `key` for which `pred` holds.
+    pub(super) fn slave_where(
+        &self,
+        key: NsKey,
+        pred: impl Fn(&SlaveRec) -> bool,
+    ) -> Option<(usize, SlaveId)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.ns == key)
+            .find_map(|(pi, p)| {
+                p.slaves
+                    .iter()
+                    .find(|(_, s)| pred(s))
+                    .map(|(&id, _)| (pi, id))
+            })
+    }
+
     /// Applies one event; true when state must be read again.
     pub(super) fn handle_event(&mut self, key: NsKey, nsid: Option<i32>, ev: Event) -> bool {
-        let find = |d: &Self, index: u32| {
-            d.ports
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.ns == key)
-                .find_map(|(pi, p)| {
-                    p.slaves
-                        .iter()
-                        .find(|(_, s)| s.loc == Some(Loc { nsid, index }))
-                        .map(|(&id, _)| (pi, id))
-                })
-        };
+        let find =
+            |d: &Self, index: u32| d.slave_where(key, |s| s.loc == Some(Loc { nsid, index }));
         match ev {
             Event::Overrun => return true,
             Event::NewLink(l) => {
@@ -343,6 +351,7 @@ impl Daemon {
                     self.refuse_upper(pi, id, &l);
                 } else if nsid.is_none() {
                     self.on_master_link(key, &l);
+                    self.check_host_end(key, l.index);
                 }
                 self.relocate_moving(key);
             }
@@ -355,18 +364,7 @@ impl Daemon {
                 }
                 if nsid.is_none() {
                     self.on_master_gone(key, &l);
-                    let hit = self
-                        .ports
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, p)| p.ns == key)
-                        .find_map(|(pi, p)| {
-                            p.slaves
-                                .iter()
-                                .find(|(_, s)| s.host_index == l.index)
-                                .map(|(&id, _)| (pi, id))
-                        });
-                    if let Some((pi, id)) = hit {
+                    if let Some((pi, id)) = self.find_host_end(key, l.index) {
                         self.remove_slave(pi, id, false);
                     }
                 }
@@ -374,6 +372,8 @@ impl Daemon {
             Event::NewAddr(a) => {
                 if let Some((pi, id)) = find(self, a.index) {
                     self.on_new_addr(pi, id, a);
+                } else if nsid.is_none() {
+                    self.strip_host_end_addr(key, &a);
                 }
             }
             Event::DelAddr(a) => {
@@ -592,6 +592,14 @@ impl Daemon {
                 .rtnl
                 .link_by_name(name)?
                 .ok_or_else(|| refused(format!("host end {name} vanished")))?;
+            // A move resets the device's IPv6 settings: no addresses, before it is up.
+            w.rtnl.set_link(
+                host.index,
+                &LinkChange {
+                    ipv6_autoconf: Some(false),
+                    ..Default::default()
+                },
+            )?;
             w.rtnl.set_link(
                 host.index,
                 &LinkChange {

@@ -44,8 +44,10 @@ use ipvlan::proto::{self, Notice, PortArgs, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
+mod hostend;
 mod l3s;
 mod metrics;
+mod tables;
 
 pub use adopt::Mark;
 pub use metrics::MetricsListener;
@@ -167,6 +169,9 @@ struct PortRec {
     l3s_prog: Option<Program>,
     /// Programs computed but not applied yet (coalesced, see `Daemon::flush_nft`).
     pending: Option<(Program, Option<Program>)>,
+    /// What the kernel lists for the applied tables, and the ruleset generation our
+    /// last apply made (see `tables`).
+    listed: tables::Listed,
     /// The master was up with carrier at the last look.
     master_running: bool,
     /// Present while the port is in L3S mode.
@@ -182,6 +187,8 @@ struct Watched {
     token: Token,
     /// Where namespaces with an id here were last found.
     nsid_paths: HashMap<i32, PathBuf>,
+    /// The namespace's nftables generation, as the table check follows it.
+    nft_gen: tables::Gen,
 }
 
 pub struct Daemon {
@@ -202,7 +209,7 @@ pub struct Daemon {
     nft_last: std::time::Instant,
     /// When an nft run last ended.
     nft_applied: std::time::Instant,
-    /// When the ports' nft tables were last checked for (see `restore_tables`).
+    /// When the ports' nft tables were last checked (see `restore_tables`).
     checked_tables: std::time::Instant,
 }
 
@@ -614,8 +621,7 @@ impl Daemon {
             mac: spec_mac,
             mtu: spec_mtu,
             peer_name: &host_name,
-            // The host end carries whatever the slave sends (the driver has no TX MTU check).
-            peer_mtu: 65535,
+            peer_mtu: hostend::HOST_END_MTU,
             peer_netns_fd: (!here).then(|| w.ns.as_raw_fd()),
         };
         let created = match own.as_mut() {
@@ -742,6 +748,7 @@ impl Daemon {
             prog: None,
             l3s_prog: None,
             pending: None,
+            listed: Default::default(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
             master_mtu: m.mtu,
@@ -770,6 +777,7 @@ impl Daemon {
                 monitor,
                 token,
                 nsid_paths: HashMap::new(),
+                nft_gen: tables::Gen::open(ns),
             },
         );
         Ok(())
@@ -1161,43 +1169,6 @@ impl Daemon {
         }
     }
 
-    /// Puts back a port's nft table that someone deleted (`nft delete table ...`,
-    /// `nft flush ruleset`): the whole program is applied again.
-    fn restore_tables(&mut self) {
-        let keys: Vec<NsKey> = self.watched.keys().copied().collect();
-        for key in keys {
-            let listed = match nft::query(&self.watched[&key].ns, &["list", "tables"]) {
-                Ok(out) => out,
-                Err(_) => continue,
-            };
-            let has = |family: &str, table: &str| {
-                listed
-                    .lines()
-                    .any(|l| l.trim() == format!("table {family} {table}"))
-            };
-            for pi in 0..self.ports.len() {
-                let p = &mut self.ports[pi];
-                if p.ns != key {
-                    continue;
-                }
-                let main_gone = p.prog.as_ref().is_some_and(|g| !has(g.family, &g.table));
-                let l3s_gone = p
-                    .l3s_prog
-                    .as_ref()
-                    .is_some_and(|g| !has(g.family, &g.table));
-                if main_gone || l3s_gone {
-                    tracing::warn!(
-                        "the nft table of {} was removed from outside; restoring it",
-                        p.master_name
-                    );
-                    p.prog = None;
-                    p.l3s_prog = None;
-                    self.publish(pi);
-                }
-            }
-        }
-    }
-
     /// Applies coalesced nft changes once things are quiet for a moment, or at the
     /// latest a second after the first of them.
     fn flush_nft(&mut self, force: bool) {
@@ -1229,9 +1200,10 @@ impl Daemon {
         if script.is_empty() {
             return;
         }
-        let Some(w) = self.watched.get(&p.ns) else {
+        let Some(w) = self.watched.get_mut(&p.ns) else {
             return;
         };
+        let before = w.nft_gen.get();
         let applied = nft::apply(&w.ns, &script).or_else(|e| {
             tracing::debug!("incremental nft update refused ({e}); replacing the tables");
             let mut full = prog.full();
@@ -1245,6 +1217,7 @@ impl Daemon {
             Ok(()) => {
                 p.prog = Some(prog);
                 p.l3s_prog = l3s_prog;
+                p.listed = w.nft_gen.applied(before);
             }
             Err(e) if p.kind == Backend::Kernel => {
                 tracing::error!(

@@ -800,3 +800,12 @@ pub fn links_by_name(t: &Topo, ns: &str, opts: &[&str]) -> HashMap<String, Value
         })
         .collect()
 }
+
+/// A slave's drop counter for `reason` (0 when absent), from `ipvlan -j -s link show`.
+pub fn drops(t: &Topo, dev: &str, reason: &str) -> u64 {
+    let list = links_by_name(t, &t.host, &["-s"]);
+    let e = list
+        .get(dev)
+        .unwrap_or_else(|| panic!("no {dev} in `ipvlan -j -s link show`: {list:?}"));
+    e["stats64"]["drops"][reason].as_u64().unwrap_or(0)
+}
