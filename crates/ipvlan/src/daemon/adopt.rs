@@ -126,7 +126,8 @@ impl Daemon {
                 continue;
             }
             let w = &self.watched[&ns.key()];
-            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            let sock =
+                w.ns.run(|| PacketSocket::open_ring(host.index, SLAVE_RING))??;
             self.ports[pi].slaves.insert(
                 id,
                 SlaveRec {

@@ -584,7 +584,7 @@ impl Daemon {
             .rtnl
             .link_by_index(index)?
             .ok_or_else(|| refused("the moved master vanished"))?;
-        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open(index))??);
+        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open_ring(index, MASTER_RING))??);
         let raw = w.ns.run(|| RawSender::open(index, EGRESS_MARK))??;
         let mut found = Vec::new();
         for (id, _, name) in &hosts {
@@ -599,7 +599,8 @@ impl Daemon {
                     ..Default::default()
                 },
             )?;
-            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            let sock =
+                w.ns.run(|| PacketSocket::open_ring(host.index, SLAVE_RING))??;
             found.push((*id, host.index, sock));
         }
         let p = &mut self.ports[pi];
