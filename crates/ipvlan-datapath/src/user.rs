@@ -4,14 +4,16 @@
 //! [`ipvlan_core::decide`] what to do, and writes them where the decision says. Frames
 //! keep their virtio-net header end to end, so GSO super-frames are switched whole.
 //!
-//! Each socket receives into a ring shared with the kernel (`TPACKET_V2`,
-//! [`ipvlan_sys::packet`]): frames up to the MTU are read in place, with no system call;
+//! Each socket of a port the user backend switches receives into a ring shared with the
+//! kernel (`TPACKET_V2`, [`ipvlan_sys::packet`], sized by [`crate::Backend::ring_slots`]):
+//! frames up to the MTU are read in place, with no system call;
 //! a longer one (a GSO super-frame) waits in the socket's queue and is read with one
 //! `recv` into the thread's one big buffer. Frames read from one socket are switched a
 //! batch at a time and sent, wherever each goes, with one `sendmmsg` through the
 //! master's socket, straight from the ring. Nothing is allocated, locked or copied per
 //! frame. Sockets are served round-robin, a bounded batch at a time, so a slave that
-//! floods cannot starve the others.
+//! floods cannot starve the others. A socket without a ring (the kernel backend's, which
+//! carry little) is read with one `recv` per frame.
 //!
 //! The backlog is bounded: a socket's ring and receive buffer. What overflows them the
 //! kernel counts per socket; every [`STATS_EVERY`] the thread adds those counts to the
@@ -47,9 +49,9 @@ const BATCH: usize = 64;
 /// several calls).
 const SEND_BATCH: usize = 128;
 /// Ring slots of a slave's host-end socket, and of the master's (which carries every
-/// slave's traffic with the outside): 2 KiB each.
-pub const SLAVE_RING: u32 = 128;
-pub const MASTER_RING: u32 = 512;
+/// slave's traffic with the outside): 2 KiB each, allocated up front.
+pub const SLAVE_RING: u32 = 64;
+pub const MASTER_RING: u32 = 256;
 /// How often the kernel's drop counts are collected from the sockets.
 pub const STATS_EVERY: Duration = Duration::from_millis(500);
 

@@ -69,11 +69,11 @@ impl PacketSocket {
         Self::open_with(ifindex, 0)
     }
 
-    /// Opens a socket on device `ifindex` that receives into a ring of `slots` slots
-    /// (a multiple of 2; [`reader`](Self::reader)), set up before the socket is bound so
-    /// that no frame waits anywhere else.
+    /// Opens a socket on device `ifindex` that receives into a ring of `slots` 2 KiB
+    /// slots (rounded up to a multiple of 2; [`reader`](Self::reader)), set up before
+    /// the socket is bound so that no frame waits anywhere else; none if `slots` is 0.
     pub fn open_ring(ifindex: u32, slots: u32) -> io::Result<Self> {
-        Self::open_with(ifindex, slots.max(2).next_multiple_of(2))
+        Self::open_with(ifindex, slots.next_multiple_of(2))
     }
 
     fn open_with(ifindex: u32, slots: u32) -> io::Result<Self> {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ipvlan_core::nftprog::Program;
 use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, compile, ip_multicast_mac};
-use ipvlan_datapath::user::{MASTER_RING, SLAVE_RING, UserBackend};
+use ipvlan_datapath::user::UserBackend;
 use ipvlan_datapath::{Backend, EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
 use ipvlan_sys::netns::{all_namespaces, named_namespaces};
 use ipvlan_sys::nfqueue::NfQueue;
@@ -577,7 +577,7 @@ impl Daemon {
                 },
             )?;
             let sock =
-                w.ns.run(|| PacketSocket::open_ring(host.index, SLAVE_RING))??;
+                w.ns.run(|| PacketSocket::open_ring(host.index, port_kind.ring_slots(false)))??;
             sock.set_filter(port_kind.filters(port_mode).1)?;
             Ok((host, slave, sock))
         })();
@@ -635,7 +635,9 @@ impl Daemon {
     fn new_port(&mut self, ns: &NetNs, m: &Link) -> Result<usize, Fail> {
         self.watch(ns)?;
         let w = &self.watched[&ns.key()];
-        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, MASTER_RING))??);
+        let kind = self.backend;
+        let master_sock =
+            Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, kind.ring_slots(true)))??);
         let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
         let port = Port::new(m.mac.expect("checked by the caller"));
         let backend = UserBackend::start(
@@ -650,7 +652,7 @@ impl Daemon {
             port,
             slaves: BTreeMap::new(),
             backend,
-            kind: self.backend,
+            kind,
             master_sock,
             filtered_for: None,
             marked: None,
