@@ -610,6 +610,7 @@ impl Daemon {
             master_sock.clone(),
             Some(raw),
             Plan::new(p.port.snapshot(), vec![], None, false),
+            self.busy_poll,
         )?;
         p.master_sock = master_sock;
         p.filtered_for = None;

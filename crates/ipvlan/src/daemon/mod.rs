@@ -172,6 +172,8 @@ pub struct Daemon {
     metrics: Option<MetricsListener>,
     /// The backend new ports get.
     backend: Backend,
+    /// How long a user-backend switching thread polls after a frame before it sleeps.
+    busy_poll: std::time::Duration,
     /// This daemon's identity in the marks it leaves on host ends.
     owner: String,
     /// When the oldest unapplied nft change was made, and the latest.
@@ -258,6 +260,7 @@ impl Daemon {
             subscribers: Vec::new(),
             metrics: None,
             backend: Backend::Kernel,
+            busy_poll: std::time::Duration::ZERO,
             owner: Mark::owner_of(socket),
             nft_since: None,
             nft_last: std::time::Instant::now(),
@@ -268,6 +271,12 @@ impl Daemon {
     /// New ports use `backend` (the kernel backend unless told otherwise).
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// Switching threads poll for `t` after a frame before they sleep (0: never).
+    pub fn with_busy_poll(mut self, t: std::time::Duration) -> Self {
+        self.busy_poll = t;
         self
     }
 
@@ -644,6 +653,7 @@ impl Daemon {
             master_sock.clone(),
             Some(raw),
             Plan::new(port.snapshot(), vec![], None, false),
+            self.busy_poll,
         )?;
         self.ports.push(PortRec {
             ns: ns.key(),
