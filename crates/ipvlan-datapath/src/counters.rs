@@ -106,7 +106,10 @@ impl SlaveCounters {
         self.tx_bytes.fetch_add(bytes as u64, Relaxed);
     }
     pub fn dropped(&self, why: DropKind) {
-        self.drops[why as usize].fetch_add(1, Relaxed);
+        self.dropped_n(why, 1);
+    }
+    pub fn dropped_n(&self, why: DropKind, n: u64) {
+        self.drops[why as usize].fetch_add(n, Relaxed);
     }
     pub fn read(&self) -> Counters {
         let drops: Vec<(DropKind, u64)> = DROP_KINDS

@@ -65,6 +65,17 @@ impl Backend {
         }
     }
 
+    /// Receive-ring slots for a packet socket on the master (`master`) or on a host end:
+    /// 0 (no ring) for the kernel backend, whose sockets carry only what its program
+    /// leaves to userspace, since a ring's memory is allocated whether used or not.
+    pub fn ring_slots(self, master: bool) -> u32 {
+        match (self, master) {
+            (Self::Kernel, _) => 0,
+            (Self::User, true) => user::MASTER_RING,
+            (Self::User, false) => user::SLAVE_RING,
+        }
+    }
+
     /// What the packet sockets need to see, by mode: the master's only for fan-out
     /// (and L3's ARP/DAD diversion, §5.3); a host end's also unicast the program
     /// leaves to userspace (L3/L3S routed egress).

@@ -41,6 +41,10 @@ pub struct Args {
     /// With `--json` (the global flag): write every raw sample to FILE as JSON.
     #[arg(value_name = "FILE")]
     json_file: Option<PathBuf>,
+    /// Passed to every ipvlan-rs daemon: microseconds its user-backend switching threads
+    /// keep polling after a frame.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    busy_poll: u64,
     /// Scale the 100/500/1000-slave counts (a smoke uses 0.02).
     #[arg(long, default_value_t = 1.0, hide = true)]
     slaves_scale: f64,
@@ -300,7 +304,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(tag: &str, backend: &str) -> anyhow::Result<Daemon> {
+    fn start(tag: &str, backend: &str, busy_poll: u64) -> anyhow::Result<Daemon> {
         let dir = std::env::temp_dir().join(format!("ipvlan-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -310,6 +314,7 @@ impl Daemon {
         let child = Command::new(&exe)
             .args(["daemon", "--backend", backend, "--socket"])
             .arg(&socket)
+            .args(["--busy-poll", &busy_poll.to_string()])
             .env("IPVLAN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -614,6 +619,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 struct Plan {
     secs: u64,
+    busy_poll: u64,
     round_trips: usize,
     many: usize,
     mem_counts: [usize; 3],
@@ -623,7 +629,7 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
     let tag = format!("r{}-{}", rec.round, v.label().replace(' ', "-"));
     let topo = Topo::new(&tag, v.l3).map_err(unavailable)?;
     let daemon = match &v.backend {
-        Some(b) => Some(Daemon::start(&tag, b).map_err(unavailable)?),
+        Some(b) => Some(Daemon::start(&tag, b, plan.busy_poll).map_err(unavailable)?),
         None => None,
     };
     busy_slaves(&topo, daemon.as_ref(), v.l3).map_err(unavailable)?;
@@ -764,7 +770,7 @@ fn churn(v: &Variant, plan: &Plan, rec: &mut Rec, tag: &str) -> anyhow::Result<(
     let tag = format!("{tag}-churn");
     let topo = Topo::new(&tag, false)?;
     let daemon = match &v.backend {
-        Some(b) => Some(Arc::new(Daemon::start(&tag, b)?)),
+        Some(b) => Some(Arc::new(Daemon::start(&tag, b, plan.busy_poll)?)),
         None => None,
     };
     let [c1, c2, total] = plan.mem_counts;
@@ -870,6 +876,7 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
     let scale = |n: usize| ((n as f64 * args.slaves_scale).round() as usize).max(1);
     let plan = Plan {
         secs,
+        busy_poll: args.busy_poll,
         round_trips: if args.quick { 2000 } else { 20000 },
         many: scale(500).max(2),
         mem_counts: [1, scale(100), scale(1000)],
@@ -888,6 +895,12 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
     }
     let machine = machine();
     println!("ipvlan bench: {rounds} round(s), {secs} s per run, on {machine}");
+    if args.busy_poll > 0 {
+        println!(
+            "daemons poll {} µs after a frame (--busy-poll)",
+            args.busy_poll
+        );
+    }
     let mut rec = Rec::default();
     for round in 1..=rounds {
         rec.round = round;

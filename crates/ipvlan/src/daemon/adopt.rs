@@ -125,7 +125,9 @@ impl Daemon {
                 continue;
             }
             let w = &self.watched[&ns.key()];
-            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            let kind = self.ports[pi].kind;
+            let sock =
+                w.ns.run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false)))??;
             self.ports[pi].slaves.insert(
                 id,
                 SlaveRec {

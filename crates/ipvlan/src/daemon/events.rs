@@ -579,12 +579,14 @@ impl Daemon {
             let _ = nft::apply(&w.ns, &guard::teardown(self.ports[pi].master_index));
         }
         self.watch(&new_ns)?;
+        let kind = self.ports[pi].kind;
         let w = self.watched.get_mut(&new_ns.key()).expect("just watched");
         let master = w
             .rtnl
             .link_by_index(index)?
             .ok_or_else(|| refused("the moved master vanished"))?;
-        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open(index))??);
+        let master_sock =
+            Arc::new(w.ns.run(|| PacketSocket::open_ring(index, kind.ring_slots(true)))??);
         let raw = w.ns.run(|| RawSender::open(index, EGRESS_MARK))??;
         let mut found = Vec::new();
         for (id, _, name) in &hosts {
@@ -607,7 +609,8 @@ impl Daemon {
                     ..Default::default()
                 },
             )?;
-            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            let sock =
+                w.ns.run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false)))??;
             found.push((*id, host.index, sock));
         }
         let p = &mut self.ports[pi];
@@ -615,6 +618,7 @@ impl Daemon {
             master_sock.clone(),
             Some(raw),
             Plan::new(p.port.snapshot(), vec![], None, false),
+            self.busy_poll,
         )?;
         p.master_sock = master_sock;
         p.filtered_for = None;

@@ -202,6 +202,8 @@ pub struct Daemon {
     metrics: Option<MetricsListener>,
     /// The backend new ports get.
     backend: Backend,
+    /// How long a user-backend switching thread polls after a frame before it sleeps.
+    busy_poll: std::time::Duration,
     /// This daemon's identity in the marks it leaves on host ends.
     owner: String,
     /// When the oldest unapplied nft change was made, and the latest.
@@ -353,6 +355,7 @@ impl Daemon {
             subscribers: Vec::new(),
             metrics: None,
             backend: Backend::Kernel,
+            busy_poll: std::time::Duration::ZERO,
             owner: Mark::owner_of(socket),
             nft_since: None,
             nft_last: std::time::Instant::now(),
@@ -364,6 +367,12 @@ impl Daemon {
     /// New ports use `backend` (the kernel backend unless told otherwise).
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// Switching threads poll for `t` after a frame before they sleep (0: never).
+    pub fn with_busy_poll(mut self, t: std::time::Duration) -> Self {
+        self.busy_poll = t;
         self
     }
 
@@ -666,7 +675,8 @@ impl Daemon {
                     ..Default::default()
                 },
             )?;
-            let sock = w.ns.run(|| PacketSocket::open(host.index))??;
+            let sock =
+                w.ns.run(|| PacketSocket::open_ring(host.index, port_kind.ring_slots(false)))??;
             sock.set_filter(port_kind.filters(mark.mode).1)?;
             Ok((host, slave, sock))
         })();
@@ -726,13 +736,16 @@ impl Daemon {
     fn new_port(&mut self, ns: &NetNs, m: &Link) -> Result<usize, Fail> {
         self.watch(ns)?;
         let w = &self.watched[&ns.key()];
-        let master_sock = Arc::new(w.ns.run(|| PacketSocket::open(m.index))??);
+        let kind = self.backend;
+        let master_sock =
+            Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, kind.ring_slots(true)))??);
         let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
         let port = Port::new(m.mac.expect("checked by the caller"));
         let backend = UserBackend::start(
             master_sock.clone(),
             Some(raw),
             Plan::new(port.snapshot(), vec![], None, false),
+            self.busy_poll,
         )?;
         self.ports.push(PortRec {
             ns: ns.key(),
@@ -741,7 +754,7 @@ impl Daemon {
             port,
             slaves: BTreeMap::new(),
             backend,
-            kind: self.backend,
+            kind,
             master_sock,
             filtered_for: None,
             marked: None,
