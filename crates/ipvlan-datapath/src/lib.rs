@@ -65,13 +65,15 @@ impl Backend {
         }
     }
 
-    /// Receive-ring slots for a packet socket on the master (`master`) or on a host end:
-    /// 0 (no ring) for the kernel backend, whose sockets carry only what its program
-    /// leaves to userspace, since a ring's memory is allocated whether used or not.
-    pub fn ring_slots(self, master: bool) -> u32 {
+    /// Receive-ring slots for a packet socket on the master (`master`) or on the host
+    /// end of a port that already has `slaves` slaves: 0 (no ring) for the kernel
+    /// backend, whose sockets carry only what its program leaves to userspace, since a
+    /// ring's memory is allocated whether used or not.
+    pub fn ring_slots(self, master: bool, slaves: usize) -> u32 {
         match (self, master) {
             (Self::Kernel, _) => 0,
             (Self::User, true) => user::MASTER_RING,
+            (Self::User, false) if slaves < user::ROOMY_SLAVES => user::ROOMY_SLAVE_RING,
             (Self::User, false) => user::SLAVE_RING,
         }
     }

@@ -53,8 +53,13 @@ const BATCH: usize = 64;
 /// several calls).
 const SEND_BATCH: usize = 128;
 /// Ring slots of a slave's host-end socket, and of the master's (which carries every
-/// slave's traffic with the outside): 2 KiB each, allocated up front.
+/// slave's traffic with the outside): 2 KiB each, allocated up front. The first
+/// [`ROOMY_SLAVES`] slaves of a port get [`ROOMY_SLAVE_RING`] (bursts of a few hundred
+/// frames from an application pass); later ones [`SLAVE_RING`], so that the daemon's
+/// memory stays within 16 MiB plus 64 KiB a slave however many there are.
 pub const SLAVE_RING: u32 = 32;
+pub const ROOMY_SLAVE_RING: u32 = 256;
+pub const ROOMY_SLAVES: usize = 32;
 pub const MASTER_RING: u32 = 256;
 /// How often the kernel's drop counts are collected from the sockets.
 pub const STATS_EVERY: Duration = Duration::from_millis(500);

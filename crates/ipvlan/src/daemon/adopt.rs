@@ -126,8 +126,9 @@ impl Daemon {
             }
             let w = &self.watched[&ns.key()];
             let kind = self.ports[pi].kind;
-            let sock =
-                w.ns.run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false)))??;
+            let sock = w
+                .ns
+                .run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false, ids.len())))??;
             self.ports[pi].slaves.insert(
                 id,
                 SlaveRec {

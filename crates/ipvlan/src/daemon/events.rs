@@ -586,10 +586,10 @@ impl Daemon {
             .link_by_index(index)?
             .ok_or_else(|| refused("the moved master vanished"))?;
         let master_sock =
-            Arc::new(w.ns.run(|| PacketSocket::open_ring(index, kind.ring_slots(true)))??);
+            Arc::new(w.ns.run(|| PacketSocket::open_ring(index, kind.ring_slots(true, 0)))??);
         let raw = w.ns.run(|| RawSender::open(index, EGRESS_MARK))??;
         let mut found = Vec::new();
-        for (id, _, name) in &hosts {
+        for (n, (id, _, name)) in hosts.iter().enumerate() {
             let host = w
                 .rtnl
                 .link_by_name(name)?
@@ -610,7 +610,7 @@ impl Daemon {
                 },
             )?;
             let sock =
-                w.ns.run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false)))??;
+                w.ns.run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false, n)))??;
             found.push((*id, host.index, sock));
         }
         let p = &mut self.ports[pi];

@@ -605,6 +605,7 @@ impl Daemon {
         let host_name = host_end_name(master_index, id.0);
         let here = caller.key() == pns;
         let port_kind = p.kind;
+        let slaves_before = p.slaves.len();
         let mark = Mark {
             owner: self.owner.clone(),
             slave: name.to_string(),
@@ -675,8 +676,9 @@ impl Daemon {
                     ..Default::default()
                 },
             )?;
-            let sock =
-                w.ns.run(|| PacketSocket::open_ring(host.index, port_kind.ring_slots(false)))??;
+            let sock = w.ns.run(|| {
+                PacketSocket::open_ring(host.index, port_kind.ring_slots(false, slaves_before))
+            })??;
             sock.set_filter(port_kind.filters(mark.mode).1)?;
             Ok((host, slave, sock))
         })();
@@ -738,7 +740,7 @@ impl Daemon {
         let w = &self.watched[&ns.key()];
         let kind = self.backend;
         let master_sock =
-            Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, kind.ring_slots(true)))??);
+            Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, kind.ring_slots(true, 0)))??);
         let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
         let port = Port::new(m.mac.expect("checked by the caller"));
         let backend = UserBackend::start(
