@@ -320,6 +320,10 @@ impl Daemon {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
+        DAEMON_PIDS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(child.id());
         let mut d = Daemon {
             child,
             dir,
@@ -405,6 +409,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        DAEMON_PIDS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|&p| p != self.child.id());
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(5);
@@ -862,6 +870,72 @@ fn check_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemons the benchmark has running. A daemon leaves the list before it is reaped
+/// (in `Drop`), so no pid here can belong to another process.
+static DAEMON_PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Interrupted (Ctrl-C, SIGTERM, SIGHUP), the benchmark still leaves nothing behind: a
+/// thread waiting for those signals (blocked everywhere else; children start with
+/// none blocked) kills what runs in the benchmark's namespaces, deletes them and its
+/// scratch directories, and exits with 130.
+fn clean_up_on_signals() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block()?;
+    let prefix = format!("ipvlan-bench-{}-", std::process::id());
+    std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            let Ok(sig) = sigs.wait() else { return };
+            eprintln!("ipvlan bench: {sig}: removing its namespaces and devices");
+            let listed = Command::new("ip").args(["netns", "list"]).output();
+            let names: Vec<String> = listed
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(&prefix))
+                .map(String::from)
+                .collect();
+            for ns in &names {
+                if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                Signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
+            }
+            // The daemons run in this namespace (they serve every namespace).
+            // Killed under the lock: a daemon being dropped is not reaped meanwhile.
+            let daemons = DAEMON_PIDS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &pid in daemons.iter() {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+                for e in dir.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            for ns in &names {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+            std::process::exit(130);
+        })?;
+    Ok(())
+}
+
 /// `json` is the global `-j/--json` flag: `ipvlan bench --json FILE` names the file.
 pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
     if json != args.json_file.is_some() {
@@ -871,6 +945,7 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
         bail!("the benchmark creates network namespaces and devices: run it as root (sudo)");
     }
     check_tools()?;
+    clean_up_on_signals()?;
     let rounds = if args.quick { 1 } else { args.rounds.max(1) };
     let secs = args.seconds.unwrap_or(if args.quick { 2 } else { 5 });
     let scale = |n: usize| ((n as f64 * args.slaves_scale).round() as usize).max(1);
