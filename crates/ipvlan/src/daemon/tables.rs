@@ -152,6 +152,8 @@ fn listing(ns: &NetNs, progs: &[&Program]) -> Result<Option<u64>, String> {
         normalize(&mut v);
         v.to_string().hash(&mut h);
     }
+    // A listing of a port with many slaves is megabytes of JSON, parsed: give it back.
+    ipvlan_sys::mem::trim_heap();
     Ok(Some(h.finish()))
 }
 
