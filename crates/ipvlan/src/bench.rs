@@ -886,6 +886,7 @@ fn clean_up_on_signals() -> anyhow::Result<()> {
     }
     sigs.thread_block()?;
     let prefix = format!("ipvlan-bench-{}-", std::process::id());
+    let batch_file = format!("ipvlan-bench-{}.batch", std::process::id());
     std::thread::Builder::new()
         .name("bench-signals".into())
         .spawn(move || {
@@ -900,6 +901,13 @@ fn clean_up_on_signals() -> anyhow::Result<()> {
                 .filter(|n| n.starts_with(&prefix))
                 .map(String::from)
                 .collect();
+            // The main thread may still be starting an iperf3 or an `ip`: kill the
+            // benchmark's own children a few times over, then what runs in its
+            // namespaces.
+            for _ in 0..3 {
+                kill_children();
+                std::thread::sleep(Duration::from_millis(100));
+            }
             for ns in &names {
                 if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
                     for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
@@ -923,7 +931,8 @@ fn clean_up_on_signals() -> anyhow::Result<()> {
             }
             if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
                 for e in dir.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&prefix) || name == batch_file {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
@@ -934,6 +943,30 @@ fn clean_up_on_signals() -> anyhow::Result<()> {
             std::process::exit(130);
         })?;
     Ok(())
+}
+
+/// SIGKILLs every process whose parent is this one (from /proc/PID/stat, field 4).
+fn kill_children() {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Ok(pid) = name.to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(me.as_str()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// `json` is the global `-j/--json` flag: `ipvlan bench --json FILE` names the file.
