@@ -148,14 +148,6 @@ fn repeat(frames: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
     (0..n).flat_map(|_| frames.iter().cloned()).collect()
 }
 
-/// The MACs of the master and of its peer, the router.
-fn wire_macs(t: &Topo) -> ([u8; 6], [u8; 6]) {
-    (
-        mac_bytes(&mac(&t.host, "eth0")),
-        mac_bytes(&mac(&t.router, "eth0")),
-    )
-}
-
 fn ifindex(ns: &str, dev: &str) -> u32 {
     link_json(ns, dev)["ifindex"]
         .as_u64()

@@ -23,8 +23,7 @@ fn ipv4(s: &str) -> [u8; 4] {
 /// Sends, from slave `i` (its device `ipvl{i}`), one UDP datagram to the router's
 /// listener from each source address, carrying `tag:SOURCE` as payload.
 fn send_from(t: &Topo, i: usize, sources: &[String], tag: &str) {
-    let master = mac_bytes(&mac(&t.host, "eth0"));
-    let router = mac_bytes(&mac(&t.router, "eth0"));
+    let (master, router) = wire_macs(t);
     let to = ipv4(&t.router_v4());
     let frames: Vec<Vec<u8>> = sources
         .iter()
@@ -59,9 +58,7 @@ fn shown(t: &Topo, ns: &str) -> Value {
 }
 
 fn guard_drops(t: &Topo) -> u64 {
-    shown(t, t.ns(0))["stats64"]["drops"]["source_guard"]
-        .as_u64()
-        .unwrap_or(0)
+    drops(t, "ipvl0", "source_guard")
 }
 
 #[test]

@@ -200,6 +200,14 @@ pub fn mac_bytes(s: &str) -> [u8; 6] {
     v.try_into().expect("six bytes")
 }
 
+/// The MACs of the master and of its peer, the router.
+pub fn wire_macs(t: &Topo) -> ([u8; 6], [u8; 6]) {
+    (
+        mac_bytes(&mac(&t.host, "eth0")),
+        mac_bytes(&mac(&t.router, "eth0")),
+    )
+}
+
 /// Whether a link of that name exists in `ns`.
 pub fn link_exists(ns: &str, dev: &str) -> bool {
     sh(&format!("ip -n {ns} link show dev {dev}"))
