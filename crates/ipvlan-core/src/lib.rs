@@ -11,6 +11,7 @@
 
 pub mod compile;
 pub mod decide;
+pub mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod nftprog;

@@ -3,13 +3,17 @@
 //! frame went is compared.
 //!
 //! No daemon: one scratch namespace holds the master `eth0` (a veth whose peer `wire` is
-//! the outside) and three slaves, each a veth pair `ivhN` (host end) <-> `slvN` (the
-//! slave end, carrying the master's MAC). A [`Port`] with the mode and flags under test
-//! is compiled with `ipvlan_core::compile` and applied with `nft`. Every frame of a
+//! the outside) and the host ends `ivhN` of three slaves, whose slave ends `slvN`
+//! (carrying the master's MAC) are each in a namespace of their own, as a user's would
+//! be. A [`Port`] with the mode and flags under test is compiled with
+//! `ipvlan_core::compile` and applied with `nft`, and the fast path
+//! (`ipvlan_core::fastpath`) is loaded and attached where the port has one, as the
+//! daemon does: so the frames go through the whole kernel backend. Every frame of a
 //! corpus is then injected from the wire (it arrives on `eth0`'s ingress:
 //! [`Ingress::Master`]) and from each slave (it arrives on `ivhN`'s ingress:
 //! [`Ingress::Slave`]), and packet sockets on `wire` and every `slvN` record where it
-//! comes out.
+//! comes out. Where the port has a fast path, some frames must have reached their slave
+//! past its host end (the fast path's peer redirect), and none where it has not.
 //!
 //! What the program owes, given `decide()`'s verdict (the kernel backend's division of
 //! labour, see `ipvlan_datapath::Backend::filters` and the user backend's `switch`):
@@ -48,10 +52,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
+use ipvlan_core::fastpath::{self, Attach};
 use ipvlan_core::{
     Decision, Flags, Ingress, MacAddr, McFilter, Mode, Port, PortSnapshot, SlaveId, compile, decide,
 };
 use ipvlan_sys::NetNs;
+use ipvlan_sys::bpf::{Map, Prog};
 use ipvlan_sys::nft;
 use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
 
@@ -202,35 +208,48 @@ impl std::fmt::Display for Place {
 
 struct Rig {
     scratch: Scratch,
+    /// One namespace per slave end (the kernel refuses a peer redirect within one).
+    slave_ns: Vec<Scratch>,
     snap: PortSnapshot,
     /// dev_id of each slot.
     ids: [SlaveId; SLAVES],
     wire: PacketSocket,
     slaves: Vec<PacketSocket>,
+    /// The fast path's programs and maps, when the port has one (kept open for the
+    /// rig's life; the attachments go with the devices).
+    fast: Vec<Prog>,
+    _maps: (Map, Map),
 }
 
 impl Rig {
     fn new(mode: Mode, flags: Flags, guard: bool) -> Self {
-        let scratch = Scratch::new(&format!("{mode}-{flags}{}", if guard { "-g" } else { "" }));
+        let tag = format!("{mode}-{flags}{}", if guard { "-g" } else { "" });
+        let scratch = Scratch::new(&tag);
+        let slave_ns: Vec<Scratch> = (1..=SLAVES)
+            .map(|n| Scratch::new(&format!("{tag}-s{n}")))
+            .collect();
         // IPv6 off before any device exists, so no device ever emits RS/ND/MLD.
-        scratch.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
-        scratch.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        for ns in std::iter::once(&scratch).chain(&slave_ns) {
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        }
         let m = mac_str(&M);
         scratch.ip(&[
             "link", "add", "eth0", "address", &m, "type", "veth", "peer", "name", "wire",
         ]);
-        for n in 1..=SLAVES {
+        for (n, ns) in (1..=SLAVES).zip(&slave_ns) {
             let (host, slave) = (format!("ivh{n}"), format!("slv{n}"));
             scratch.ip(&[
                 "link", "add", &host, "type", "veth", "peer", "name", &slave, "address", &m,
+                "netns", &ns.name,
             ]);
         }
         for dev in ["eth0", "wire"] {
             scratch.ip(&["link", "set", dev, "up"]);
         }
-        for n in 1..=SLAVES {
+        for (n, ns) in (1..=SLAVES).zip(&slave_ns) {
             scratch.ip(&["link", "set", &format!("ivh{n}"), "up"]);
-            scratch.ip(&["link", "set", &format!("slv{n}"), "up"]);
+            ns.ip(&["link", "set", &format!("slv{n}"), "up"]);
         }
 
         let mut port = Port::new(M);
@@ -256,23 +275,90 @@ impl Rig {
             panic!("applying the compiled program failed: {e}\n{script}");
         }
 
-        let open = |dev: &str| {
-            let idx = scratch.ifindex(dev);
-            scratch
-                .ns
+        // The fast path, as the daemon sets it up: maps from every address in the table
+        // to its host end, a program on the master and one on every host end.
+        let maps = (
+            Map::hash("diff4", 4, 4, 64).expect("BPF map"),
+            Map::hash("diff6", 16, 4, 64).expect("BPF map"),
+        );
+        for (ip, id) in snap.table.iter() {
+            let slot = ids.iter().position(|i| *i == id).expect("known slave");
+            let idx = scratch.ifindex(&format!("ivh{}", slot + 1)).to_ne_bytes();
+            match ip {
+                IpAddr::V4(a) => maps.0.set(&a.octets(), &idx),
+                IpAddr::V6(a) => maps.1.set(&a.octets(), &idx),
+            }
+            .expect("map update");
+        }
+        let mut fast = Vec::new();
+        for (at, devs) in [
+            (Attach::Master, vec!["eth0".to_string()]),
+            (
+                Attach::HostEnd,
+                (1..=SLAVES).map(|n| format!("ivh{n}")).collect(),
+            ),
+        ] {
+            if !fastpath::wanted(at, mode, flags, guard) {
+                continue;
+            }
+            let insns: Vec<[u8; 8]> = fastpath::program(at, &M, maps.0.raw_fd(), maps.1.raw_fd())
+                .into_iter()
+                .map(|i| i.to_bytes())
+                .collect();
+            let prog = Prog::load_sched_cls("ipvlan_diff", &insns)
+                .unwrap_or_else(|e| panic!("loading the fast path ({at:?}): {e}"));
+            for dev in devs {
+                let idx = scratch.ifindex(&dev);
+                scratch
+                    .ns
+                    .run(|| prog.attach_tcx_ingress(idx, None))
+                    .and_then(|r| r)
+                    .unwrap_or_else(|e| panic!("attaching the fast path to {dev}: {e}"));
+            }
+            fast.push(prog);
+        }
+
+        let open = |ns: &Scratch, dev: &str| {
+            let idx = ns.ifindex(dev);
+            ns.ns
                 .run(|| PacketSocket::open(idx))
                 .and_then(|r| r)
                 .unwrap_or_else(|e| panic!("packet socket on {dev}: {e}"))
         };
-        let wire = open("wire");
-        let slaves = (1..=SLAVES).map(|n| open(&format!("slv{n}"))).collect();
+        let wire = open(&scratch, "wire");
+        let slaves = (1..=SLAVES)
+            .zip(&slave_ns)
+            .map(|(n, ns)| open(ns, &format!("slv{n}")))
+            .collect();
         Self {
             scratch,
+            slave_ns,
             snap,
             ids,
             wire,
             slaves,
+            fast,
+            _maps: maps,
         }
+    }
+
+    /// Frames the slave ends received past their host ends: what the fast path
+    /// delivered (a host end counts what it hands its slave as sent).
+    fn delivered_past_host_ends(&self) -> u64 {
+        let packets = |ns: &Scratch, dev: &str, dir: &str| {
+            let out =
+                run(Command::new("ip").args(["-n", &ns.name, "-j", "-s", "link", "show", dev]));
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("ip -j output");
+            v[0]["stats64"][dir]["packets"].as_u64().unwrap_or(0)
+        };
+        (1..=SLAVES)
+            .zip(&self.slave_ns)
+            .map(|(n, ns)| {
+                let rx = packets(ns, &format!("slv{n}"), "rx");
+                let tx = packets(&self.scratch, &format!("ivh{n}"), "tx");
+                rx.saturating_sub(tx)
+            })
+            .sum()
     }
 
     fn sock(&self, p: Place) -> &PacketSocket {
@@ -824,7 +910,20 @@ fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), 
             title, r.ingress, r.frame, r.decide, must, r.observed, r.extra
         );
     }
+    let past = rig.delivered_past_host_ends();
+    let _ = writeln!(
+        table,
+        "fast path: {} program(s); {past} frames reached a slave past its host end",
+        rig.fast.len()
+    );
     println!("{table}");
+    // The fast path must have been exercised where there is one, and never where not.
+    assert_eq!(
+        past > 0,
+        !rig.fast.is_empty(),
+        "{title}: {past} frames past the host ends with {} fast-path programs",
+        rig.fast.len()
+    );
 
     let bad: Vec<&Row> = rows
         .iter()

@@ -5,6 +5,7 @@
 //! * [`packet`]: AF_PACKET sockets with virtio-net headers, bound to one device.
 //! * [`nft`]: applying an nftables script atomically inside a namespace.
 
+pub mod bpf;
 pub mod mem;
 pub mod netns;
 pub mod nfqueue;

@@ -50,7 +50,7 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
         );
         if style.details {
             s += &format!(
-                "    ipvlan  mode {} {}{} dev_id {:#x} host-end {} backend {}\n",
+                "    ipvlan  mode {} {}{} dev_id {:#x} host-end {} backend {}{}\n",
                 l.mode.as_str(),
                 l.port_flags.as_str(),
                 if l.source_guard {
@@ -60,7 +60,8 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
                 },
                 l.dev_id,
                 l.host_end,
-                l.backend
+                l.backend,
+                if l.fast_path { " fastpath bpf" } else { "" }
             );
             for a in &l.addrs {
                 s += &format!("    addr {a}\n");
@@ -116,6 +117,7 @@ pub fn json(links: &[SlaveView], style: Style) -> Value {
                     o["dev_id"] = json!(format!("{:#x}", l.dev_id));
                     o["host_end"] = json!(l.host_end);
                     o["backend"] = json!(l.backend);
+                    o["fast_path"] = json!(l.fast_path);
                     o["addrs"] = json!(l.addrs);
                 }
                 if style.stats {

@@ -222,6 +222,9 @@ pub struct SlaveView {
     pub counters: Counters,
     /// Which backend switches this slave's port: "kernel" or "user".
     pub backend: String,
+    /// The kernel backend's BPF fast path is attached for the port.
+    #[serde(default)]
+    pub fast_path: bool,
 }
 
 /// Sends `req` with the caller's namespace and waits for the reply.

@@ -107,6 +107,30 @@ fn restart(sig: Signal) {
         t.daemon().log_text().contains("took back 2 slave(s)"),
         "no adoption in the log"
     );
+    if std::env::var("IPVLAN_TEST_BACKEND").as_deref() != Ok("user") {
+        // The new daemon's fast path replaced the old one's: one program on the master.
+        let idx = link_json(&t.host, "eth0")["ifindex"]
+            .as_u64()
+            .expect("ifindex") as u32;
+        let ns = ipvlan_sys::NetNs::open(format!("/run/netns/{}", t.host)).expect("host netns");
+        let names: Vec<String> = ns
+            .run(|| ipvlan_sys::bpf::tcx_ingress_named(idx, |n| n.starts_with("ipvlan_")))
+            .expect("thread in the host netns")
+            .expect("tcx query")
+            .iter()
+            .map(|p| p.name().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            ["ipvlan_master"],
+            "fast-path programs on the master after the restart"
+        );
+        let shown = t.ipvlan_ok(&t.host.clone(), &["-d", "link", "show"]);
+        assert!(
+            shown.contains("fastpath bpf"),
+            "no fast path shown: {shown}"
+        );
+    }
     // And the new daemon manages them: the slaves can be deleted.
     t.ipvlan_ok(t.ns(0), &["link", "del", "dev", "ipvl0"]);
     assert!(!link_exists(t.ns(0), "ipvl0"));

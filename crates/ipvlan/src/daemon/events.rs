@@ -627,6 +627,7 @@ impl Daemon {
         p.master_name = master.name.clone();
         p.prog = None;
         p.l3s_prog = None;
+        p.fast = None;
         for (id, h, sock) in found {
             if let Some(rec) = p.slaves.get_mut(&id) {
                 rec.host_index = h;

@@ -44,6 +44,7 @@ use ipvlan::proto::{self, Notice, PortArgs, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
+mod fast;
 mod hostend;
 mod l3s;
 mod metrics;
@@ -177,6 +178,11 @@ struct PortRec {
     /// Present while the port is in L3S mode.
     l3s: Option<L3s>,
     master_mtu: u32,
+    /// The kernel backend's BPF fast path (see `fast`); `None` where it could not be
+    /// set up, and until the first publish.
+    fast: Option<fast::FastPath>,
+    /// Setting up the fast path failed once: the port runs on nftables alone.
+    fast_failed: bool,
 }
 
 /// A master namespace the daemon watches.
@@ -767,6 +773,8 @@ impl Daemon {
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
             master_mtu: m.mtu,
+            fast: None,
+            fast_failed: false,
         });
         Ok(self.ports.len() - 1)
     }
@@ -800,11 +808,14 @@ impl Daemon {
 
     fn destroy_port(&mut self, pi: usize) {
         self.leave_l3s(pi);
-        let p = self.ports.remove(pi);
-        if let Some(w) = self.watched.get(&p.ns)
-            && let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index))
-        {
-            tracing::warn!("removing the guard of {}: {e}", p.master_name);
+        let mut p = self.ports.remove(pi);
+        if let Some(w) = self.watched.get(&p.ns) {
+            if let Some(f) = p.fast.take() {
+                f.remove(&w.ns, p.master_index);
+            }
+            if let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index)) {
+                tracing::warn!("removing the guard of {}: {e}", p.master_name);
+            }
         }
         drop(p.backend);
         if !self.ports.iter().any(|q| q.ns == p.ns) {
@@ -987,8 +998,16 @@ impl Daemon {
                         .unwrap_or_default(),
                     counters: {
                         let mut c = rec.counters.read();
-                        // What the host end received its slave sent, and the reverse.
-                        if let Some(h) = host_stats.get(&rec.host_index) {
+                        // The slave end's own statistics, as `ip -s` shows them in its
+                        // namespace: the fast path hands frames straight to it, past
+                        // its host end. Else: what the host end received its slave
+                        // sent, and the reverse.
+                        if let Some(s) = &link.stats {
+                            c.tx_packets = s.tx_packets;
+                            c.tx_bytes = s.tx_bytes;
+                            c.rx_packets = s.rx_packets;
+                            c.rx_bytes = s.rx_bytes;
+                        } else if let Some(h) = host_stats.get(&rec.host_index) {
                             c.tx_packets = h.rx_packets;
                             c.tx_bytes = h.rx_bytes;
                             c.rx_packets = h.tx_packets;
@@ -1000,6 +1019,7 @@ impl Daemon {
                         c
                     },
                     backend: self.ports[pi].kind.as_str().to_string(),
+                    fast_path: self.ports[pi].fast.as_ref().is_some_and(|f| f.active()),
                 });
             }
         }
@@ -1146,8 +1166,14 @@ impl Daemon {
             .as_ref()
             .map(|l| guard::l3s_program(p.master_index, &p.master_name, l.num, addrs));
         let queue = p.l3s.as_ref().map(|l| l.queue.clone());
-        p.backend
-            .update(Plan::new(snap, slaves, queue, p.kind == Backend::Kernel));
+        p.backend.update(Plan::new(
+            snap.clone(),
+            slaves,
+            queue,
+            p.kind == Backend::Kernel,
+        ));
+        self.sync_fast(pi, &snap);
+        let p = &mut self.ports[pi];
         // Every `nft` run reads the table back, so a burst of slaves created or deleted
         // costs one run instead of one each (see `flush_nft`).
         // Coalesced: slaves added or removed (and the addresses that went with them), and
@@ -1181,6 +1207,54 @@ impl Daemon {
             let now = std::time::Instant::now();
             self.nft_since.get_or_insert(now);
             self.nft_last = now;
+        }
+    }
+
+    /// Brings the port's fast path in line with `snap` (see `fast`). A failure leaves
+    /// the port on its nftables program alone, which switches the same frames.
+    fn sync_fast(&mut self, pi: usize, snap: &ipvlan_core::PortSnapshot) {
+        let p = &mut self.ports[pi];
+        let Some(w) = self.watched.get(&p.ns) else {
+            return;
+        };
+        if p.fast_failed {
+            return;
+        }
+        let ends: HashMap<SlaveId, fast::End> = p
+            .slaves
+            .iter()
+            .map(|(&id, r)| {
+                let away = r.loc.is_some_and(|l| l.nsid.is_some());
+                (
+                    id,
+                    fast::End {
+                        host_index: r.host_index,
+                        away,
+                    },
+                )
+            })
+            .collect();
+        let on = p.kind == Backend::Kernel;
+        if p.fast.as_ref().is_some_and(|f| f.on() != on) {
+            p.fast = None;
+        }
+        let res = match &mut p.fast {
+            Some(f) => f.sync(&w.ns, snap, p.master_index, &ends),
+            None => fast::FastPath::new(on).and_then(|mut f| {
+                let r = f.sync(&w.ns, snap, p.master_index, &ends);
+                p.fast = Some(f);
+                r
+            }),
+        };
+        if let Err(e) = res {
+            tracing::warn!(
+                "no BPF fast path for {} ({e}); its unicast is switched by nftables alone",
+                p.master_name
+            );
+            if let Some(f) = p.fast.take() {
+                f.remove(&w.ns, p.master_index);
+            }
+            p.fast_failed = true;
         }
     }
 

@@ -1,0 +1,225 @@
+//! The kernel backend's fast path (see `ipvlan_core::fastpath`): two BPF programs per
+//! port, one on the master's tcx ingress and one shared by its host ends, and the two
+//! maps they read, kept in step with the port.
+//!
+//! It only ever takes frames the nftables program would forward the same way, so it is
+//! an accelerator: where it cannot be loaded (a kernel without tcx or BPF) the port runs
+//! on the nftables program alone, which is logged once.
+//!
+//! Programs stay attached when the daemon exits (see `ipvlan_sys::bpf`); a new daemon
+//! replaces the ones it finds by name in one step, so the fast path never pauses.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::IpAddr;
+
+use ipvlan_core::fastpath::{self, Attach};
+use ipvlan_core::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
+use ipvlan_sys::NetNs;
+use ipvlan_sys::bpf::{Map, Prog, tcx_ingress_named};
+
+/// Names the programs are loaded with (and found by).
+const MASTER_PROG: &str = "ipvlan_master";
+const HOST_PROG: &str = "ipvlan_slave";
+/// Addresses per family and port the maps hold.
+const MAX_ADDRS: u32 = 1 << 16;
+
+fn ours(name: &str) -> bool {
+    name == MASTER_PROG || name == HOST_PROG
+}
+
+/// What the programs are built for: a change rebuilds them.
+type Shape = (bool, Mode, Flags, bool, MacAddr);
+
+/// One slave as the fast path sees it.
+pub(super) struct End {
+    pub host_index: u32,
+    /// The slave end is in another namespace than the master (a peer redirect within
+    /// one namespace is refused by the kernel).
+    pub away: bool,
+}
+
+pub(super) struct FastPath {
+    /// Off for a user-backend port: then it only clears what an earlier daemon left.
+    on: bool,
+    map4: Map,
+    map6: Map,
+    shape: Option<Shape>,
+    master: Option<Prog>,
+    host: Option<Prog>,
+    /// Host ends given the current `host` program (or cleared, when there is none).
+    placed: BTreeSet<u32>,
+    entries: HashMap<IpAddr, u32>,
+}
+
+impl FastPath {
+    pub fn new(on: bool) -> io::Result<Self> {
+        Ok(Self {
+            on,
+            map4: Map::hash("ipvlan_fwd4", 4, 4, MAX_ADDRS)?,
+            map6: Map::hash("ipvlan_fwd6", 16, 4, MAX_ADDRS)?,
+            shape: None,
+            master: None,
+            host: None,
+            placed: BTreeSet::new(),
+            entries: HashMap::new(),
+        })
+    }
+
+    /// Whether it switches frames (kernel backend) or only clears leftovers.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// The fast path is switching this port's unicast (some of it).
+    pub fn active(&self) -> bool {
+        self.master.is_some() || self.host.is_some()
+    }
+
+    fn load(&self, at: Attach, mac: &MacAddr) -> io::Result<Prog> {
+        let insns: Vec<[u8; 8]> =
+            fastpath::program(at, mac, self.map4.raw_fd(), self.map6.raw_fd())
+                .into_iter()
+                .map(|i| i.to_bytes())
+                .collect();
+        let name = match at {
+            Attach::Master => MASTER_PROG,
+            Attach::HostEnd => HOST_PROG,
+        };
+        Prog::load_sched_cls(name, &insns)
+    }
+
+    /// Brings programs, attachments and maps in line with the port: `ends` are its
+    /// slaves, `master` the master's ifindex, `ns` the master's namespace.
+    pub fn sync(
+        &mut self,
+        ns: &NetNs,
+        snap: &PortSnapshot,
+        master: u32,
+        ends: &HashMap<SlaveId, End>,
+    ) -> io::Result<()> {
+        let on = self.on;
+        let want = |at| on && fastpath::wanted(at, snap.mode, snap.flags, snap.source_guard);
+        let shape = (
+            on,
+            snap.mode,
+            snap.flags,
+            snap.source_guard,
+            snap.master_mac,
+        );
+        let reshaped = self.shape != Some(shape);
+        let (mut new_master, mut new_host) = (None, None);
+        if reshaped {
+            if want(Attach::Master) {
+                new_master = Some(self.load(Attach::Master, &snap.master_mac)?);
+            }
+            if want(Attach::HostEnd) {
+                new_host = Some(self.load(Attach::HostEnd, &snap.master_mac)?);
+            }
+        }
+
+        // The maps first: no program may send a frame to a host end it should not.
+        let wanted: HashMap<IpAddr, u32> = snap
+            .table
+            .iter()
+            .filter(|_| on)
+            .filter_map(|(ip, id)| ends.get(&id).filter(|e| e.away).map(|e| (ip, e.host_index)))
+            .collect();
+        for (ip, &idx) in &wanted {
+            if self.entries.get(ip) != Some(&idx) {
+                self.set(ip, Some(idx))?;
+                self.entries.insert(*ip, idx);
+            }
+        }
+        let stale: Vec<IpAddr> = self
+            .entries
+            .keys()
+            .filter(|ip| !wanted.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in stale {
+            self.set(&ip, None)?;
+            self.entries.remove(&ip);
+        }
+
+        let hosts: BTreeSet<u32> = ends.values().map(|e| e.host_index).collect();
+        let todo: Vec<u32> = hosts
+            .iter()
+            .filter(|h| reshaped || !self.placed.contains(h))
+            .copied()
+            .collect();
+        if reshaped || !todo.is_empty() {
+            let (m, h) = if reshaped {
+                (new_master.as_ref(), new_host.as_ref())
+            } else {
+                (self.master.as_ref(), self.host.as_ref())
+            };
+            ns.run(|| -> io::Result<()> {
+                if reshaped {
+                    place(master, m)?;
+                }
+                for &i in &todo {
+                    place(i, h)?;
+                }
+                Ok(())
+            })??;
+        }
+        if reshaped {
+            self.master = new_master;
+            self.host = new_host;
+            self.shape = Some(shape);
+        }
+        // Host ends that left the port were deleted, and their attachments with them.
+        self.placed = hosts;
+        Ok(())
+    }
+
+    fn set(&self, ip: &IpAddr, to: Option<u32>) -> io::Result<()> {
+        let (map, key): (&Map, Vec<u8>) = match ip {
+            IpAddr::V4(a) => (&self.map4, a.octets().to_vec()),
+            IpAddr::V6(a) => (&self.map6, a.octets().to_vec()),
+        };
+        match to {
+            Some(idx) => map.set(&key, &idx.to_ne_bytes()),
+            None => map.remove(&key),
+        }
+    }
+
+    /// Detaches the port's programs (the port is gone); host ends that still exist
+    /// lose theirs too.
+    pub fn remove(self, ns: &NetNs, master: u32) {
+        let _ = ns.run(|| {
+            if let Some(p) = &self.master {
+                let _ = p.detach_tcx_ingress(master);
+            }
+            if let Some(p) = &self.host {
+                for &h in &self.placed {
+                    let _ = p.detach_tcx_ingress(h);
+                }
+            }
+        });
+    }
+}
+
+/// Puts `prog` (or nothing) on `ifindex`'s ingress in place of the programs of ours
+/// there (this daemon's or a previous one's), in one step where there is one to
+/// replace. Runs in the device's namespace.
+fn place(ifindex: u32, prog: Option<&Prog>) -> io::Result<()> {
+    let found = tcx_ingress_named(ifindex, ours).unwrap_or_default();
+    let mut replaced = false;
+    for f in &found {
+        match prog {
+            Some(p) if !replaced => {
+                p.attach_tcx_ingress(ifindex, Some(f))?;
+                replaced = true;
+            }
+            _ => {
+                let _ = f.detach_tcx_ingress(ifindex);
+            }
+        }
+    }
+    if let (Some(p), false) = (prog, replaced) {
+        p.attach_tcx_ingress(ifindex, None)?;
+    }
+    Ok(())
+}
