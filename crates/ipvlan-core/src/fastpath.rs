@@ -60,6 +60,7 @@ const H: u8 = 0x08;
 const B: u8 = 0x10;
 const DW: u8 = 0x18;
 const MEM: u8 = 0x60;
+const ABS: u8 = 0x20;
 const K: u8 = 0x00;
 const X: u8 = 0x08;
 const ADD: u8 = 0x00;
@@ -98,7 +99,6 @@ const R1: u8 = 1;
 const R2: u8 = 2;
 const R3: u8 = 3;
 const R4: u8 = 4;
-const R5: u8 = 5;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
@@ -200,23 +200,6 @@ impl Asm {
         self.emit(JMP | EXIT, 0, 0, 0, 0);
     }
 
-    /// Goes to `Pass` unless `[data, data + len)` is within the linear frame.
-    fn need(&mut self, len: i32) {
-        self.mov_reg(R4, R2);
-        self.alu_imm(ADD, R4, len);
-        self.jmp_reg(JGT, R4, R3, Label::Pass);
-    }
-
-    /// Goes to `Pass` unless the 6 bytes at `data + off` are `mac`.
-    fn expect_mac(&mut self, off: i16, mac: &MacAddr) {
-        let lo = u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]);
-        let hi = u16::from_le_bytes([mac[4], mac[5]]);
-        self.load(W, R5, R2, off);
-        self.jmp32_imm(JNE, R5, lo as i32, Label::Pass);
-        self.load(H, R5, R2, off + 4);
-        self.jmp32_imm(JNE, R5, i32::from(hi), Label::Pass);
-    }
-
     fn finish(mut self) -> Vec<Insn> {
         for (at, l) in std::mem::take(&mut self.fixups) {
             let target = self
@@ -248,54 +231,151 @@ pub fn wanted(at: Attach, mode: Mode, flags: Flags, source_guard: bool) -> bool 
     }
 }
 
+/// How a program reads the frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// `sched_cls`: direct packet access between `data` (R2) and `data_end` (R3), the
+    /// linear part only; values as they are in memory.
+    Direct,
+    /// Socket filters, which have no direct access: `LD_ABS` loads (any part of the
+    /// frame, values in host order), bounded by `skb->len` first.
+    Abs,
+}
+
+/// What a program does with a frame the fast path takes, and with the rest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// tcx: hand it to the slave end (`bpf_redirect_peer`); the rest continues.
+    Redirect,
+    /// A host end's packet socket: do not copy it to userspace (the kernel switches
+    /// it); copy the rest whole.
+    Skip,
+}
+
+/// Bytes a socket filter keeps of a frame it accepts: all of any frame.
+pub const SOCKET_ACCEPT: i32 = 0x0004_0000;
+
+impl Asm {
+    /// Goes to `Pass` unless the frame's first `len` bytes can be read.
+    fn need(&mut self, acc: Access, len: i32) {
+        match acc {
+            Access::Direct => {
+                self.mov_reg(R4, R2);
+                self.alu_imm(ADD, R4, len);
+                self.jmp_reg(JGT, R4, R3, Label::Pass);
+            }
+            Access::Abs => {
+                self.load(W, R0, R6, SKB_LEN);
+                self.jmp_imm(JLT, R0, len, Label::Pass);
+            }
+        }
+    }
+
+    /// R0 = the `size` bytes at frame offset `off`: as in memory (Direct) or in host
+    /// order (Abs).
+    fn ld(&mut self, acc: Access, size: u8, off: i16) {
+        match acc {
+            Access::Direct => self.load(size, R0, R2, off),
+            Access::Abs => self.emit(LD | ABS | size, 0, 0, 0, i32::from(off)),
+        }
+    }
+
+    /// R0 as the bytes were in the frame (network order), for a map key.
+    fn as_in_frame(&mut self, acc: Access, bits: i32) {
+        if acc == Access::Abs {
+            self.emit(ALU | END | TO_BE, R0, 0, 0, bits);
+        }
+    }
+
+    /// R0 in host order, for arithmetic.
+    fn as_number(&mut self, acc: Access, bits: i32) {
+        if acc == Access::Direct {
+            self.emit(ALU | END | TO_BE, R0, 0, 0, bits);
+        }
+    }
+
+    /// Goes to `Pass` unless the 6 bytes at frame offset `off` are `mac`.
+    fn expect_mac(&mut self, acc: Access, off: i16, mac: &MacAddr) {
+        let (w, h) = ([mac[0], mac[1], mac[2], mac[3]], [mac[4], mac[5]]);
+        let (w, h) = match acc {
+            Access::Direct => (u32::from_le_bytes(w), u16::from_le_bytes(h)),
+            Access::Abs => (u32::from_be_bytes(w), u16::from_be_bytes(h)),
+        };
+        self.ld(acc, W, off);
+        self.jmp32_imm(JNE, R0, w as i32, Label::Pass);
+        self.ld(acc, H, off + 4);
+        self.jmp32_imm(JNE, R0, i32::from(h), Label::Pass);
+    }
+}
+
 /// The program for `at` in a port whose master's MAC is `mac`, with the maps from
-/// IPv4 (`map4`) and IPv6 (`map6`) address to host-end ifindex.
+/// IPv4 (`map4`) and IPv6 (`map6`) address to host-end ifindex: a `sched_cls`
+/// program for tcx ingress.
 pub fn program(at: Attach, mac: &MacAddr, map4: i32, map6: i32) -> Vec<Insn> {
+    build(at, Access::Direct, Verdict::Redirect, mac, map4, map6)
+}
+
+/// The socket filter for a host end's packet socket in a port with a host-end fast
+/// path: what the fast path takes is not copied to userspace, everything else is,
+/// whole ([`SOCKET_ACCEPT`]). (The kernel backend's L3 host-end sockets must see the
+/// frames to route; those for slaves are switched in the kernel.)
+pub fn socket_filter(mac: &MacAddr, map4: i32, map6: i32) -> Vec<Insn> {
+    build(Attach::HostEnd, Access::Abs, Verdict::Skip, mac, map4, map6)
+}
+
+fn build(
+    at: Attach,
+    acc: Access,
+    verdict: Verdict,
+    mac: &MacAddr,
+    map4: i32,
+    map6: i32,
+) -> Vec<Insn> {
     let mut a = Asm::new();
     a.mov_reg(R6, R1);
-    a.load(W, R5, R6, SKB_VLAN_PRESENT);
-    a.jmp_imm(JNE, R5, 0, Label::Pass);
-    a.load(W, R2, R6, SKB_DATA);
-    a.load(W, R3, R6, SKB_DATA_END);
-    a.need(14);
-    a.expect_mac(0, mac);
-    if at == Attach::HostEnd {
-        a.expect_mac(6, mac);
+    a.load(W, R0, R6, SKB_VLAN_PRESENT);
+    a.jmp_imm(JNE, R0, 0, Label::Pass);
+    if acc == Access::Direct {
+        a.load(W, R2, R6, SKB_DATA);
+        a.load(W, R3, R6, SKB_DATA_END);
     }
-    a.load(H, R5, R2, 12);
-    a.jmp32_imm(
-        JEQ,
-        R5,
-        i32::from(u16::from_le_bytes([0x08, 0x00])),
-        Label::V4,
-    );
-    a.jmp32_imm(
-        JEQ,
-        R5,
-        i32::from(u16::from_le_bytes([0x86, 0xdd])),
-        Label::V6,
-    );
+    a.need(acc, 14);
+    a.expect_mac(acc, 0, mac);
+    if at == Attach::HostEnd {
+        a.expect_mac(acc, 6, mac);
+    }
+    a.ld(acc, H, 12);
+    let ethertype = |t: [u8; 2]| {
+        i32::from(match acc {
+            Access::Direct => u16::from_le_bytes(t),
+            Access::Abs => u16::from_be_bytes(t),
+        })
+    };
+    a.jmp32_imm(JEQ, R0, ethertype([0x08, 0x00]), Label::V4);
+    a.jmp32_imm(JEQ, R0, ethertype([0x86, 0xdd]), Label::V6);
     a.goto(Label::Pass);
 
     // IPv4: version 4, IHL at least 5, total length at least the header and at most
     // what the frame holds (spec §3, as netfilter's own validation checks it).
     a.label(Label::V4);
-    a.need(34);
-    a.load(B, R5, R2, 14);
-    a.mov_reg(R7, R5);
+    a.need(acc, 34);
+    a.ld(acc, B, 14);
+    a.mov_reg(R7, R0);
     a.alu_imm(AND, R7, 0x0f);
     a.jmp_imm(JLT, R7, 5, Label::Pass);
-    a.alu_imm(RSH, R5, 4);
-    a.jmp_imm(JNE, R5, 4, Label::Pass);
-    a.load(H, R8, R2, 16);
-    a.emit(ALU | END | TO_BE, R8, 0, 0, 16);
+    a.alu_imm(RSH, R0, 4);
+    a.jmp_imm(JNE, R0, 4, Label::Pass);
+    a.ld(acc, H, 16);
+    a.as_number(acc, 16);
+    a.mov_reg(R8, R0);
     a.alu_imm(LSH, R7, 2);
     a.jmp_reg(JLT, R8, R7, Label::Pass);
     a.load(W, R9, R6, SKB_LEN);
     a.alu_imm(SUB, R9, 14);
     a.jmp_reg(JGT, R8, R9, Label::Pass);
-    a.load(W, R5, R2, 30);
-    a.store(W, FP, -4, R5);
+    a.ld(acc, W, 30);
+    a.as_in_frame(acc, 32);
+    a.store(W, FP, -4, R0);
     a.load_map(R1, map4);
     a.mov_reg(R2, FP);
     a.alu_imm(ADD, R2, -4);
@@ -304,13 +384,14 @@ pub fn program(at: Attach, mac: &MacAddr, map4: i32, map6: i32) -> Vec<Insn> {
 
     // IPv6: the fixed header, version 6; the key is the destination.
     a.label(Label::V6);
-    a.need(54);
-    a.load(B, R5, R2, 14);
-    a.alu_imm(RSH, R5, 4);
-    a.jmp_imm(JNE, R5, 6, Label::Pass);
+    a.need(acc, 54);
+    a.ld(acc, B, 14);
+    a.alu_imm(RSH, R0, 4);
+    a.jmp_imm(JNE, R0, 6, Label::Pass);
     for i in 0..4 {
-        a.load(W, R5, R2, 38 + 4 * i);
-        a.store(W, FP, -16 + 4 * i, R5);
+        a.ld(acc, W, 38 + 4 * i);
+        a.as_in_frame(acc, 32);
+        a.store(W, FP, -16 + 4 * i, R0);
     }
     a.load_map(R1, map6);
     a.mov_reg(R2, FP);
@@ -319,13 +400,24 @@ pub fn program(at: Attach, mac: &MacAddr, map4: i32, map6: i32) -> Vec<Insn> {
 
     a.label(Label::Found);
     a.jmp_imm(JEQ, R0, 0, Label::Pass);
-    a.load(W, R1, R0, 0);
-    a.mov_imm(R2, 0);
-    a.call(HELPER_REDIRECT_PEER);
+    match verdict {
+        Verdict::Redirect => {
+            a.load(W, R1, R0, 0);
+            a.mov_imm(R2, 0);
+            a.call(HELPER_REDIRECT_PEER);
+        }
+        Verdict::Skip => a.mov_imm(R0, 0),
+    }
     a.exit();
 
     a.label(Label::Pass);
-    a.mov_imm(R0, TCX_NEXT);
+    a.mov_imm(
+        R0,
+        match verdict {
+            Verdict::Redirect => TCX_NEXT,
+            Verdict::Skip => SOCKET_ACCEPT,
+        },
+    );
     a.exit();
     a.finish()
 }
@@ -360,8 +452,11 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
-        for at in [Attach::Master, Attach::HostEnd] {
-            let p = program(at, &M, 3, 4);
+        for p in [
+            program(Attach::Master, &M, 3, 4),
+            program(Attach::HostEnd, &M, 3, 4),
+            socket_filter(&M, 3, 4),
+        ] {
             assert_eq!(p.last().unwrap().code, JMP | EXIT);
             for (i, insn) in p.iter().enumerate() {
                 let class = insn.code & 0x07;

@@ -219,6 +219,10 @@ struct Rig {
     /// rig's life; the attachments go with the devices).
     fast: Vec<Prog>,
     _maps: (Map, Map),
+    /// In L3 and L3S with a host-end fast path: a packet socket on each host end with
+    /// the kernel backend's socket filter, which copies to userspace all but what the
+    /// fast path takes.
+    host_socks: Vec<PacketSocket>,
 }
 
 impl Rig {
@@ -325,6 +329,21 @@ impl Rig {
                 .and_then(|r| r)
                 .unwrap_or_else(|e| panic!("packet socket on {dev}: {e}"))
         };
+        let mut host_socks = Vec::new();
+        if mode != Mode::L2 && fastpath::wanted(Attach::HostEnd, mode, flags, guard) {
+            let insns: Vec<[u8; 8]> = fastpath::socket_filter(&M, maps.0.raw_fd(), maps.1.raw_fd())
+                .into_iter()
+                .map(|i| i.to_bytes())
+                .collect();
+            let filter = Prog::load_socket_filter("ipvlan_diff", &insns)
+                .unwrap_or_else(|e| panic!("loading the socket filter: {e}"));
+            for n in 1..=SLAVES {
+                let sock = open(&scratch, &format!("ivh{n}"));
+                sock.set_bpf_filter(&filter)
+                    .expect("attach the socket filter");
+                host_socks.push(sock);
+            }
+        }
         let wire = open(&scratch, "wire");
         let slaves = (1..=SLAVES)
             .zip(&slave_ns)
@@ -339,6 +358,7 @@ impl Rig {
             slaves,
             fast,
             _maps: maps,
+            host_socks,
         }
     }
 
@@ -392,6 +412,19 @@ impl Rig {
             }
         }
         map
+    }
+
+    /// Every frame waiting on one socket.
+    fn take(sock: &PacketSocket) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; MAX_FRAME];
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) => got.push(buf[VNET_HDR_LEN.min(n)..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
     }
 
     /// Everything the observing sockets received within `wait`.
@@ -765,7 +798,22 @@ impl Row {
 }
 
 /// Injects the corpus at one ingress and records the outcome of every frame.
-fn run_batch(rig: &Rig, batch: u32, from: Option<usize>, rows: &mut Vec<Row>, noise: &mut usize) {
+/// What the host-end socket filter did with a batch: frames it did not copy to
+/// userspace, and of those the ones no slave received (which userspace then never saw).
+#[derive(Default)]
+struct Skipped {
+    frames: usize,
+    lost: Vec<String>,
+}
+
+fn run_batch(
+    rig: &Rig,
+    batch: u32,
+    from: Option<usize>,
+    rows: &mut Vec<Row>,
+    noise: &mut usize,
+    skipped: &mut Skipped,
+) {
     let frames = corpus(batch);
     let (ingress, sender, label) = match from {
         None => (Ingress::Master, &rig.wire, "master".to_string()),
@@ -777,6 +825,12 @@ fn run_batch(rig: &Rig, batch: u32, from: Option<usize>, rows: &mut Vec<Row>, no
     };
     // Anything left over from before is not ours.
     *noise += rig.drain(Duration::from_millis(10)).len();
+    if let Some(i) = from
+        && let Some(h) = rig.host_socks.get(i)
+    {
+        // Whatever was there before the batch is not ours.
+        *noise += Rig::take(h).len();
+    }
 
     let mut last = rig.counters();
     let mut deltas: Vec<BTreeMap<String, u64>> = Vec::new();
@@ -838,6 +892,26 @@ fn run_batch(rig: &Rig, batch: u32, from: Option<usize>, rows: &mut Vec<Row>, no
         }
     }
 
+    if let Some(i) = from
+        && let Some(h) = rig.host_socks.get(i)
+    {
+        let copied = Rig::take(h);
+        for (k, (name, f)) in frames.iter().enumerate() {
+            // A copy may differ from what was sent (a VLAN tag moved beside it): the
+            // frame's marker tells.
+            let mk = marker(batch, k);
+            let seen = copied
+                .iter()
+                .any(|c| c == f || c.windows(mk.len()).any(|w| w == mk));
+            if !extra[k].contains("refused") && !seen {
+                skipped.frames += 1;
+                if observed[k].places.iter().all(|p| matches!(p, Place::Wire)) {
+                    skipped.lost.push(format!("from {label}: {name}"));
+                }
+            }
+        }
+    }
+
     for (((name, f), obs), extra) in frames.iter().zip(observed).zip(extra) {
         let d = decide(&rig.snap, ingress, f);
         let (expected, note) = program_share(rig, ingress, f, d);
@@ -877,9 +951,17 @@ fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), 
     let rig = Rig::new(mode, flags, guard);
     let mut rows = Vec::new();
     let mut noise = 0;
-    run_batch(&rig, 0, None, &mut rows, &mut noise);
+    let mut skipped = Skipped::default();
+    run_batch(&rig, 0, None, &mut rows, &mut noise, &mut skipped);
     for i in 0..SLAVES {
-        run_batch(&rig, i as u32 + 1, Some(i), &mut rows, &mut noise);
+        run_batch(
+            &rig,
+            i as u32 + 1,
+            Some(i),
+            &mut rows,
+            &mut noise,
+            &mut skipped,
+        );
     }
 
     let title = format!("{mode} {flags}{}", if guard { " guard" } else { "" });
@@ -916,7 +998,28 @@ fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), 
         "fast path: {} program(s); {past} frames reached a slave past its host end",
         rig.fast.len()
     );
+    if !rig.host_socks.is_empty() {
+        let _ = writeln!(
+            table,
+            "host-end socket filter: {} frames not copied to userspace",
+            skipped.frames
+        );
+    }
     println!("{table}");
+    // What the socket filter keeps from userspace must be what the kernel switched to
+    // a slave; and it must have kept something.
+    assert!(
+        skipped.lost.is_empty(),
+        "{title}: the host-end socket filter hid frames no slave received: {:?}",
+        skipped.lost
+    );
+    assert_eq!(
+        skipped.frames > 0,
+        !rig.host_socks.is_empty(),
+        "{title}: {} frames skipped by {} filtered host-end sockets",
+        skipped.frames,
+        rig.host_socks.len()
+    );
     // The fast path must have been exercised where there is one, and never where not.
     assert_eq!(
         past > 0,

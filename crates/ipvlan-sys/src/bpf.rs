@@ -23,6 +23,7 @@ const PROG_QUERY: libc::c_long = 16;
 
 const MAP_TYPE_HASH: u32 = 1;
 const F_NO_PREALLOC: u32 = 1;
+const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const PROG_TYPE_SCHED_CLS: u32 = 3;
 const ATTACH_TCX_INGRESS: u32 = 46;
 const F_REPLACE: u32 = 1 << 2;
@@ -158,13 +159,27 @@ pub struct Prog {
 }
 
 impl Prog {
-    /// Loads `insns` (encoded `struct bpf_insn`s) as `name`. A program the verifier
-    /// refuses is an error carrying the verifier's log.
+    /// Loads `insns` (encoded `struct bpf_insn`s) as the `sched_cls` program `name`. A
+    /// program the verifier refuses is an error carrying the end of the verifier's log.
     pub fn load_sched_cls(name: &str, insns: &[[u8; 8]]) -> io::Result<Self> {
+        Self::load(PROG_TYPE_SCHED_CLS, name, insns)
+    }
+
+    /// Loads `insns` as the socket filter `name` (see
+    /// [`crate::packet::PacketSocket::set_bpf_filter`]).
+    pub fn load_socket_filter(name: &str, insns: &[[u8; 8]]) -> io::Result<Self> {
+        Self::load(PROG_TYPE_SOCKET_FILTER, name, insns)
+    }
+
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    fn load(prog_type: u32, name: &str, insns: &[[u8; 8]]) -> io::Result<Self> {
         let license = c"Dual MIT/GPL";
         let load = |log: &mut [u8], level: u32| {
             let mut a = Attr::new()
-                .u32(0, PROG_TYPE_SCHED_CLS)
+                .u32(0, prog_type)
                 .u32(4, insns.len() as u32)
                 .u64(8, ptr(insns.as_ptr()))
                 .u64(16, ptr(license.as_ptr()))

@@ -201,6 +201,17 @@ impl PacketSocket {
         .map(drop)
     }
 
+    /// Which frames the kernel copies to this socket: an eBPF socket filter, in place
+    /// of any filter before.
+    pub fn set_bpf_filter(&self, prog: &crate::bpf::Prog) -> io::Result<()> {
+        setsockopt_int(
+            &self.fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_BPF,
+            prog.raw_fd(),
+        )
+    }
+
     /// Reads one frame (virtio-net header first) into `buf`; `WouldBlock` when none.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.

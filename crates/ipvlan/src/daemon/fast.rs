@@ -17,6 +17,7 @@ use ipvlan_core::fastpath::{self, Attach};
 use ipvlan_core::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
 use ipvlan_sys::NetNs;
 use ipvlan_sys::bpf::{Map, Prog, tcx_ingress_named};
+use ipvlan_sys::packet::PacketSocket;
 
 /// Names the programs are loaded with (and found by).
 const MASTER_PROG: &str = "ipvlan_master";
@@ -34,6 +35,8 @@ type Shape = (bool, Mode, Flags, bool, MacAddr);
 /// One slave as the fast path sees it.
 pub(super) struct End {
     pub host_index: u32,
+    /// The packet socket on the host end (in L3 and L3S given [`fastpath::socket_filter`]).
+    pub sock: std::sync::Arc<PacketSocket>,
     /// The slave end is in another namespace than the master (a peer redirect within
     /// one namespace is refused by the kernel).
     pub away: bool,
@@ -47,6 +50,9 @@ pub(super) struct FastPath {
     shape: Option<Shape>,
     master: Option<Prog>,
     host: Option<Prog>,
+    /// In L3 and L3S, the host-end sockets' filter: what `host` takes is not copied to
+    /// userspace. (In L2 they only take group frames anyway.)
+    sock_filter: Option<Prog>,
     /// Host ends given the current `host` program (or cleared, when there is none).
     placed: BTreeSet<u32>,
     entries: HashMap<IpAddr, u32>,
@@ -61,6 +67,7 @@ impl FastPath {
             shape: None,
             master: None,
             host: None,
+            sock_filter: None,
             placed: BTreeSet::new(),
             entries: HashMap::new(),
         })
@@ -77,11 +84,12 @@ impl FastPath {
     }
 
     fn load(&self, at: Attach, mac: &MacAddr) -> io::Result<Prog> {
-        let insns: Vec<[u8; 8]> =
-            fastpath::program(at, mac, self.map4.raw_fd(), self.map6.raw_fd())
-                .into_iter()
-                .map(|i| i.to_bytes())
-                .collect();
+        let insns = encode(fastpath::program(
+            at,
+            mac,
+            self.map4.raw_fd(),
+            self.map6.raw_fd(),
+        ));
         let name = match at {
             Attach::Master => MASTER_PROG,
             Attach::HostEnd => HOST_PROG,
@@ -108,13 +116,21 @@ impl FastPath {
             snap.master_mac,
         );
         let reshaped = self.shape != Some(shape);
-        let (mut new_master, mut new_host) = (None, None);
+        let (mut new_master, mut new_host, mut new_filter) = (None, None, None);
         if reshaped {
             if want(Attach::Master) {
                 new_master = Some(self.load(Attach::Master, &snap.master_mac)?);
             }
             if want(Attach::HostEnd) {
                 new_host = Some(self.load(Attach::HostEnd, &snap.master_mac)?);
+                if snap.mode != Mode::L2 {
+                    let insns = encode(fastpath::socket_filter(
+                        &snap.master_mac,
+                        self.map4.raw_fd(),
+                        self.map6.raw_fd(),
+                    ));
+                    new_filter = Some(Prog::load_socket_filter(HOST_PROG, &insns)?);
+                }
             }
         }
 
@@ -164,9 +180,20 @@ impl FastPath {
                 Ok(())
             })??;
         }
+        let filter = if reshaped {
+            new_filter.as_ref()
+        } else {
+            self.sock_filter.as_ref()
+        };
+        if let Some(f) = filter {
+            for e in ends.values().filter(|e| todo.contains(&e.host_index)) {
+                e.sock.set_bpf_filter(f)?;
+            }
+        }
         if reshaped {
             self.master = new_master;
             self.host = new_host;
+            self.sock_filter = new_filter;
             self.shape = Some(shape);
         }
         // Host ends that left the port were deleted, and their attachments with them.
@@ -199,6 +226,10 @@ impl FastPath {
             }
         });
     }
+}
+
+fn encode(insns: Vec<fastpath::Insn>) -> Vec<[u8; 8]> {
+    insns.into_iter().map(|i| i.to_bytes()).collect()
 }
 
 /// Puts `prog` (or nothing) on `ifindex`'s ingress in place of the programs of ours

@@ -59,6 +59,11 @@ const METRICS: Token = Token(usize::MAX);
 const NFT_QUIET: Duration = Duration::from_millis(30);
 /// ...or at the latest this long after the first of them.
 const NFT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// The same for changes that only remove: slaves deleted (their chains hook devices
+/// that are gone, their addresses are out of the fast path's maps at once), so a
+/// stream of deletions costs an nft run every few seconds, not one each.
+const NFT_REMOVAL_QUIET: Duration = Duration::from_secs(1);
+const NFT_REMOVAL_MAX_DELAY: Duration = Duration::from_secs(5);
 /// How often the ports' nft tables are checked for.
 const TABLE_CHECK: Duration = Duration::from_secs(2);
 /// First NFQUEUE number used for L3S ports.
@@ -215,6 +220,9 @@ pub struct Daemon {
     /// When the oldest unapplied nft change was made, and the latest.
     nft_since: Option<std::time::Instant>,
     nft_last: std::time::Instant,
+    /// Every coalesced change since `nft_since` only removes (see
+    /// `NFT_REMOVAL_QUIET`).
+    nft_removals_only: bool,
     /// When an nft run last ended.
     nft_applied: std::time::Instant,
     /// When the ports' nft tables were last checked (see `restore_tables`).
@@ -365,6 +373,7 @@ impl Daemon {
             owner: Mark::owner_of(socket),
             nft_since: None,
             nft_last: std::time::Instant::now(),
+            nft_removals_only: false,
             nft_applied: std::time::Instant::now(),
             checked_tables: std::time::Instant::now(),
         })
@@ -1200,12 +1209,25 @@ impl Daemon {
                         .iter()
                         .all(|(set, e)| prog.elements.get(set).is_some_and(|n| n.is_subset(e)))
             }) && p.l3s_prog == l3s_prog;
+        let removal = p.l3s_prog == l3s_prog
+            && p.prog.as_ref().is_some_and(|old| {
+                old.skeleton == prog.skeleton
+                    && prog.parts.iter().all(|(k, v)| old.parts.get(k) == Some(v))
+                    && prog
+                        .elements
+                        .iter()
+                        .all(|(set, e)| old.elements.get(set).is_some_and(|o| e.is_subset(o)))
+            });
         p.pending = Some((prog, l3s_prog));
         if !coalesce {
             self.apply_nft(pi);
         } else {
             let now = std::time::Instant::now();
-            self.nft_since.get_or_insert(now);
+            if self.nft_since.is_none() {
+                self.nft_since = Some(now);
+                self.nft_removals_only = true;
+            }
+            self.nft_removals_only &= removal;
             self.nft_last = now;
         }
     }
@@ -1229,6 +1251,7 @@ impl Daemon {
                     id,
                     fast::End {
                         host_index: r.host_index,
+                        sock: r.sock.clone(),
                         away,
                     },
                 )
@@ -1265,7 +1288,12 @@ impl Daemon {
             return;
         };
         let now = std::time::Instant::now();
-        if force || now - self.nft_last >= NFT_QUIET || now - since >= NFT_MAX_DELAY {
+        let (quiet, max) = if self.nft_removals_only {
+            (NFT_REMOVAL_QUIET, NFT_REMOVAL_MAX_DELAY)
+        } else {
+            (NFT_QUIET, NFT_MAX_DELAY)
+        };
+        if force || now - self.nft_last >= quiet || now - since >= max {
             self.nft_since = None;
             for pi in 0..self.ports.len() {
                 if self.ports[pi].pending.is_some() {
