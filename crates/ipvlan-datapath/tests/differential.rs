@@ -60,6 +60,7 @@ use ipvlan_sys::NetNs;
 use ipvlan_sys::bpf::{Map, Prog};
 use ipvlan_sys::nft;
 use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
+use ipvlan_sys::rtnl::Rtnl;
 
 /// The master's MAC, which every slave end carries too.
 const M: MacAddr = [0x02, 0x1a, 0x5a, 0x00, 0x00, 0x01];
@@ -311,13 +312,24 @@ impl Rig {
                 .collect();
             let prog = Prog::load_sched_cls("ipvlan_diff", &insns)
                 .unwrap_or_else(|e| panic!("loading the fast path ({at:?}): {e}"));
+            // As the daemon attaches them: tcx on the master, a direct-action filter
+            // under clsact on the host ends.
             for dev in devs {
                 let idx = scratch.ifindex(&dev);
-                scratch
-                    .ns
-                    .run(|| prog.attach_tcx_ingress(idx, None))
-                    .and_then(|r| r)
-                    .unwrap_or_else(|e| panic!("attaching the fast path to {dev}: {e}"));
+                let res = match at {
+                    Attach::Master => scratch
+                        .ns
+                        .run(|| prog.attach_tcx_ingress(idx, None))
+                        .and_then(|r| r)
+                        .map_err(|e| e.to_string()),
+                    Attach::HostEnd => Rtnl::in_ns(&scratch.ns)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut r| {
+                            r.set_ingress_bpf(idx, Some((prog.raw_fd(), "ipvlan_diff")))
+                                .map_err(|e| e.to_string())
+                        }),
+                };
+                res.unwrap_or_else(|e| panic!("attaching the fast path to {dev}: {e}"));
             }
             fast.push(prog);
         }

@@ -171,7 +171,7 @@ impl Prog {
         Self::load(PROG_TYPE_SOCKET_FILTER, name, insns)
     }
 
-    pub(crate) fn raw_fd(&self) -> i32 {
+    pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 

@@ -818,9 +818,9 @@ impl Daemon {
     fn destroy_port(&mut self, pi: usize) {
         self.leave_l3s(pi);
         let mut p = self.ports.remove(pi);
-        if let Some(w) = self.watched.get(&p.ns) {
+        if let Some(w) = self.watched.get_mut(&p.ns) {
             if let Some(f) = p.fast.take() {
-                f.remove(&w.ns, p.master_index);
+                f.remove(&w.ns, &mut w.rtnl, p.master_index);
             }
             if let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index)) {
                 tracing::warn!("removing the guard of {}: {e}", p.master_name);
@@ -866,6 +866,9 @@ impl Daemon {
         } else {
             self.publish(pi);
         }
+        // Closing a bound packet socket waits for an RCU grace period (about 10 ms):
+        // not on the way to the answer.
+        close_later(rec.sock);
     }
 
     /// The port and slave that `index` in namespace `ns` is, if it is one of ours.
@@ -1236,7 +1239,7 @@ impl Daemon {
     /// the port on its nftables program alone, which switches the same frames.
     fn sync_fast(&mut self, pi: usize, snap: &ipvlan_core::PortSnapshot) {
         let p = &mut self.ports[pi];
-        let Some(w) = self.watched.get(&p.ns) else {
+        let Some(w) = self.watched.get_mut(&p.ns) else {
             return;
         };
         if p.fast_failed {
@@ -1262,9 +1265,9 @@ impl Daemon {
             p.fast = None;
         }
         let res = match &mut p.fast {
-            Some(f) => f.sync(&w.ns, snap, p.master_index, &ends),
+            Some(f) => f.sync(&w.ns, &mut w.rtnl, snap, p.master_index, &ends),
             None => fast::FastPath::new(on).and_then(|mut f| {
-                let r = f.sync(&w.ns, snap, p.master_index, &ends);
+                let r = f.sync(&w.ns, &mut w.rtnl, snap, p.master_index, &ends);
                 p.fast = Some(f);
                 r
             }),
@@ -1275,7 +1278,7 @@ impl Daemon {
                 p.master_name
             );
             if let Some(f) = p.fast.take() {
-                f.remove(&w.ns, p.master_index);
+                f.remove(&w.ns, &mut w.rtnl, p.master_index);
             }
             p.fast_failed = true;
         }
@@ -1348,6 +1351,44 @@ impl Daemon {
             }
             Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
         }
+    }
+}
+
+/// Closes `sock` on a thread of its own once nothing else holds it (the switching
+/// thread may still, until it takes the port's next plan).
+fn close_later(sock: Arc<PacketSocket>) {
+    static CLOSER: std::sync::OnceLock<
+        std::sync::Mutex<std::sync::mpsc::Sender<Arc<PacketSocket>>>,
+    > = std::sync::OnceLock::new();
+    let tx = CLOSER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<PacketSocket>>();
+        let spawned = std::thread::Builder::new()
+            .name("closer".into())
+            .spawn(move || {
+                for mut s in rx {
+                    // Bounded: a reference kept for good is dropped by its holder.
+                    for _ in 0..500 {
+                        match Arc::try_unwrap(s) {
+                            Ok(sock) => {
+                                drop(sock);
+                                break;
+                            }
+                            Err(again) => {
+                                s = again;
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no closer thread ({e}): sockets are closed on the way");
+        }
+        std::sync::Mutex::new(tx)
+    });
+    if let Ok(tx) = tx.lock() {
+        // With no closer thread, the socket comes back and is closed here.
+        let _ = tx.send(sock);
     }
 }
 
