@@ -70,6 +70,10 @@ enum Cmd {
         /// time (0: sleep at once).
         #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
         busy_poll: u64,
+        /// The kernel backend's BPF fast path (`on`, the default: unicast handed straight
+        /// to the slave end; `off`: nftables alone, one more veth hop a frame).
+        #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+        fast_path: String,
     },
     /// Build the kernel HOWTO's topology in scratch namespaces, test it, tear it down.
     #[command(after_help = "Example:\n  sudo ipvlan demo")]
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
             metrics,
             backend,
             busy_poll,
+            fast_path,
         } => {
             let socket = socket.unwrap_or_else(ipvlan::proto::socket_path);
             let backend = if backend == "user" {
@@ -128,7 +133,13 @@ fn main() -> ExitCode {
                 ipvlan_datapath::Backend::Kernel
             };
             let busy_poll = std::time::Duration::from_micros(busy_poll);
-            match run_daemon(&socket, metrics.as_deref(), backend, busy_poll) {
+            match run_daemon(
+                &socket,
+                metrics.as_deref(),
+                backend,
+                busy_poll,
+                fast_path == "on",
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ipvlan daemon: {e:#}");
@@ -177,6 +188,7 @@ fn run_daemon(
     metrics: Option<&str>,
     backend: ipvlan_datapath::Backend,
     busy_poll: std::time::Duration,
+    fast_path: bool,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,7 +221,8 @@ fn run_daemon(
     let path = std::path::Path::new(socket);
     let mut d = daemon::Daemon::new(path)?
         .with_backend(backend)
-        .with_busy_poll(busy_poll);
+        .with_busy_poll(busy_poll)
+        .with_fast_path(fast_path);
     if let Some(spec) = metrics {
         d = d.with_metrics(daemon::MetricsListener::bind(spec)?)?;
         tracing::info!("metrics on {spec}");

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use ipvlan_core::fastpath::{self, Attach};
 use ipvlan_core::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
+use ipvlan_datapath::Backend;
 use ipvlan_sys::NetNs;
 use ipvlan_sys::bpf::{Map, Prog, tcx_ingress_named};
 use ipvlan_sys::packet::PacketSocket;
@@ -164,7 +165,7 @@ impl FastPath {
         }
 
         let hosts: BTreeSet<u32> = ends.values().map(|e| e.host_index).collect();
-        let todo: Vec<u32> = hosts
+        let todo: BTreeSet<u32> = hosts
             .iter()
             .filter(|h| reshaped || !self.placed.contains(h))
             .copied()
@@ -187,9 +188,14 @@ impl FastPath {
         } else {
             self.sock_filter.as_ref()
         };
-        if let Some(f) = filter {
-            for e in ends.values().filter(|e| todo.contains(&e.host_index)) {
-                e.sock.set_bpf_filter(f)?;
+        for e in ends.values().filter(|e| todo.contains(&e.host_index)) {
+            match filter {
+                Some(f) => e.sock.set_bpf_filter(f)?,
+                // The filter of a shape that had one goes: the backend's own instead.
+                None if reshaped && self.sock_filter.is_some() => {
+                    e.sock.set_filter(Backend::Kernel.filters(snap.mode).1)?
+                }
+                None => {}
             }
         }
         if reshaped {

@@ -213,6 +213,8 @@ pub struct Daemon {
     metrics: Option<MetricsListener>,
     /// The backend new ports get.
     backend: Backend,
+    /// Kernel-backend ports get the BPF fast path (see `fast`).
+    fast_path: bool,
     /// How long a user-backend switching thread polls after a frame before it sleeps.
     busy_poll: std::time::Duration,
     /// This daemon's identity in the marks it leaves on host ends.
@@ -369,6 +371,7 @@ impl Daemon {
             subscribers: Vec::new(),
             metrics: None,
             backend: Backend::Kernel,
+            fast_path: true,
             busy_poll: std::time::Duration::ZERO,
             owner: Mark::owner_of(socket),
             nft_since: None,
@@ -380,6 +383,11 @@ impl Daemon {
     }
 
     /// New ports use `backend` (the kernel backend unless told otherwise).
+    pub fn with_fast_path(mut self, on: bool) -> Self {
+        self.fast_path = on;
+        self
+    }
+
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
@@ -1260,7 +1268,7 @@ impl Daemon {
                 )
             })
             .collect();
-        let on = p.kind == Backend::Kernel;
+        let on = p.kind == Backend::Kernel && self.fast_path;
         if p.fast.as_ref().is_some_and(|f| f.on() != on) {
             p.fast = None;
         }
@@ -1279,6 +1287,13 @@ impl Daemon {
             );
             if let Some(f) = p.fast.take() {
                 f.remove(&w.ns, &mut w.rtnl, p.master_index);
+            }
+            // Host-end sockets may hold the fast path's socket filter: the backend's own.
+            let hosts = p.kind.filters(snap.mode).1;
+            for r in p.slaves.values() {
+                if let Err(e) = r.sock.set_filter(hosts) {
+                    tracing::error!("socket filter for {}: {e}", r.host_name);
+                }
             }
             p.fast_failed = true;
         }
