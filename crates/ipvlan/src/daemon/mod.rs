@@ -382,12 +382,13 @@ impl Daemon {
         })
     }
 
-    /// New ports use `backend` (the kernel backend unless told otherwise).
+    /// Kernel-backend ports get the BPF fast path (`true` unless told otherwise).
     pub fn with_fast_path(mut self, on: bool) -> Self {
         self.fast_path = on;
         self
     }
 
+    /// New ports use `backend` (the kernel backend unless told otherwise).
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
