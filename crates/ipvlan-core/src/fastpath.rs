@@ -47,6 +47,11 @@ impl Insn {
     }
 }
 
+/// `insns` as the kernel takes them (`bpf(BPF_PROG_LOAD)`'s instruction array).
+pub fn encode(insns: &[Insn]) -> Vec<[u8; 8]> {
+    insns.iter().map(|i| i.to_bytes()).collect()
+}
+
 // Instruction classes, sizes, modes and operations (include/uapi/linux/bpf.h).
 const LD: u8 = 0x00;
 const LDX: u8 = 0x01;

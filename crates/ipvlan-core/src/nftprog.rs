@@ -47,6 +47,38 @@ impl Program {
         }
     }
 
+    /// Whether `self` differs from `old` in its elements alone.
+    pub fn only_elements_differ_from(&self, old: &Program) -> bool {
+        self.skeleton == old.skeleton && self.parts == old.parts
+    }
+
+    /// Whether `self` differs from `old` only in whole parts added or removed, and in
+    /// elements removed: slaves came or went (and took their addresses with them).
+    pub fn only_parts_come_or_go_from(&self, old: &Program) -> bool {
+        self.skeleton == old.skeleton
+            && self.parts.keys().ne(old.parts.keys())
+            && old
+                .parts
+                .iter()
+                .all(|(k, v)| self.parts.get(k).is_none_or(|n| n == v))
+            && self.elements_within(old)
+    }
+
+    /// Whether `self` only takes away from `old`: parts and elements, nothing added or
+    /// changed.
+    pub fn only_removes_from(&self, old: &Program) -> bool {
+        self.skeleton == old.skeleton
+            && self.parts.iter().all(|(k, v)| old.parts.get(k) == Some(v))
+            && self.elements_within(old)
+    }
+
+    /// Every element of `self` is in `old`, set by set.
+    fn elements_within(&self, old: &Program) -> bool {
+        self.elements
+            .iter()
+            .all(|(set, e)| old.elements.get(set).is_some_and(|o| e.is_subset(o)))
+    }
+
     fn prefix(&self) -> String {
         format!("{} {}", self.family, self.table)
     }
@@ -195,6 +227,24 @@ mod tests {
             );
         }
         p
+    }
+
+    #[test]
+    fn what_kind_of_change_it_is() {
+        let old = prog(&["10.0.0.1 : \"a\"", "10.0.0.2 : \"b\""], &["a", "b"]);
+        let addr = prog(&["10.0.0.1 : \"a\""], &["a", "b"]);
+        let gone = prog(&["10.0.0.1 : \"a\""], &["a"]);
+        let came = prog(&["10.0.0.1 : \"a\"", "10.0.0.2 : \"b\""], &["a", "b", "c"]);
+        let moved = prog(&["10.0.0.1 : \"b\""], &["a", "b"]);
+        assert!(addr.only_elements_differ_from(&old));
+        assert!(!gone.only_elements_differ_from(&old));
+        assert!(gone.only_parts_come_or_go_from(&old));
+        assert!(came.only_parts_come_or_go_from(&old));
+        assert!(!addr.only_parts_come_or_go_from(&old));
+        assert!(gone.only_removes_from(&old) && addr.only_removes_from(&old));
+        assert!(!came.only_removes_from(&old));
+        assert!(!moved.only_removes_from(&old));
+        assert!(!old.only_removes_from(&gone));
     }
 
     #[test]

@@ -306,10 +306,8 @@ impl Rig {
             if !fastpath::wanted(at, mode, flags, guard) {
                 continue;
             }
-            let insns: Vec<[u8; 8]> = fastpath::program(at, &M, maps.0.raw_fd(), maps.1.raw_fd())
-                .into_iter()
-                .map(|i| i.to_bytes())
-                .collect();
+            let insns =
+                fastpath::encode(&fastpath::program(at, &M, maps.0.raw_fd(), maps.1.raw_fd()));
             let prog = Prog::load_sched_cls("ipvlan_diff", &insns)
                 .unwrap_or_else(|e| panic!("loading the fast path ({at:?}): {e}"));
             // As the daemon attaches them: tcx on the master, a direct-action filter
@@ -343,10 +341,11 @@ impl Rig {
         };
         let mut host_socks = Vec::new();
         if mode != Mode::L2 && fastpath::wanted(Attach::HostEnd, mode, flags, guard) {
-            let insns: Vec<[u8; 8]> = fastpath::socket_filter(&M, maps.0.raw_fd(), maps.1.raw_fd())
-                .into_iter()
-                .map(|i| i.to_bytes())
-                .collect();
+            let insns = fastpath::encode(&fastpath::socket_filter(
+                &M,
+                maps.0.raw_fd(),
+                maps.1.raw_fd(),
+            ));
             let filter = Prog::load_socket_filter("ipvlan_diff", &insns)
                 .unwrap_or_else(|e| panic!("loading the socket filter: {e}"));
             for n in 1..=SLAVES {

@@ -89,7 +89,7 @@ impl FastPath {
     }
 
     fn load(&self, at: Attach, mac: &MacAddr) -> io::Result<Prog> {
-        let insns = encode(fastpath::program(
+        let insns = fastpath::encode(&fastpath::program(
             at,
             mac,
             self.map4.raw_fd(),
@@ -130,7 +130,7 @@ impl FastPath {
             if want(Attach::HostEnd) {
                 new_host = Some(self.load(Attach::HostEnd, &snap.master_mac)?);
                 if snap.mode != Mode::L2 {
-                    let insns = encode(fastpath::socket_filter(
+                    let insns = fastpath::encode(&fastpath::socket_filter(
                         &snap.master_mac,
                         self.map4.raw_fd(),
                         self.map6.raw_fd(),
@@ -210,13 +210,14 @@ impl FastPath {
     }
 
     fn set(&self, ip: &IpAddr, to: Option<u32>) -> io::Result<()> {
-        let (map, key): (&Map, Vec<u8>) = match ip {
-            IpAddr::V4(a) => (&self.map4, a.octets().to_vec()),
-            IpAddr::V6(a) => (&self.map6, a.octets().to_vec()),
+        let value = to.map(u32::to_ne_bytes);
+        let (map, key): (&Map, &[u8]) = match ip {
+            IpAddr::V4(a) => (&self.map4, &a.octets()),
+            IpAddr::V6(a) => (&self.map6, &a.octets()),
         };
-        match to {
-            Some(idx) => map.set(&key, &idx.to_ne_bytes()),
-            None => map.remove(&key),
+        match value {
+            Some(v) => map.set(key, &v),
+            None => map.remove(key),
         }
     }
 
@@ -232,10 +233,6 @@ impl FastPath {
             }
         }
     }
-}
-
-fn encode(insns: Vec<fastpath::Insn>) -> Vec<[u8; 8]> {
-    insns.into_iter().map(|i| i.to_bytes()).collect()
 }
 
 /// Puts `prog` (or nothing) on `ifindex`'s ingress in place of the programs of ours

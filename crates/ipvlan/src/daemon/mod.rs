@@ -1203,33 +1203,13 @@ impl Daemon {
         // At once: everything else, so that a lone new address, a mode or a flag takes
         // effect before the request that made it is answered.
         let burst = std::time::Instant::now() - self.nft_applied < NFT_QUIET;
-        let only_addresses = burst
-            && p.l3s_prog == l3s_prog
-            && p.prog
-                .as_ref()
-                .is_some_and(|old| old.skeleton == prog.skeleton && old.parts == prog.parts);
-        let coalesce = only_addresses
-            || p.prog.as_ref().is_some_and(|old| {
-                old.skeleton == prog.skeleton
-                    && old.parts.keys().ne(prog.parts.keys())
-                    && old
-                        .parts
-                        .iter()
-                        .all(|(k, v)| prog.parts.get(k).is_none_or(|n| n == v))
-                    && old
-                        .elements
-                        .iter()
-                        .all(|(set, e)| prog.elements.get(set).is_some_and(|n| n.is_subset(e)))
-            }) && p.l3s_prog == l3s_prog;
-        let removal = p.l3s_prog == l3s_prog
-            && p.prog.as_ref().is_some_and(|old| {
-                old.skeleton == prog.skeleton
-                    && prog.parts.iter().all(|(k, v)| old.parts.get(k) == Some(v))
-                    && prog
-                        .elements
-                        .iter()
-                        .all(|(set, e)| old.elements.get(set).is_some_and(|o| e.is_subset(o)))
-            });
+        let same_l3s = p.l3s_prog == l3s_prog;
+        let old = p.prog.as_ref();
+        let only_addresses =
+            burst && same_l3s && old.is_some_and(|o| prog.only_elements_differ_from(o));
+        let coalesce =
+            only_addresses || (same_l3s && old.is_some_and(|o| prog.only_parts_come_or_go_from(o)));
+        let removal = same_l3s && old.is_some_and(|o| prog.only_removes_from(o));
         p.pending = Some((prog, l3s_prog));
         if !coalesce {
             self.apply_nft(pi);
@@ -1373,9 +1353,8 @@ impl Daemon {
 /// Closes `sock` on a thread of its own once nothing else holds it (the switching
 /// thread may still, until it takes the port's next plan).
 fn close_later(sock: Arc<PacketSocket>) {
-    static CLOSER: std::sync::OnceLock<
-        std::sync::Mutex<std::sync::mpsc::Sender<Arc<PacketSocket>>>,
-    > = std::sync::OnceLock::new();
+    static CLOSER: std::sync::OnceLock<std::sync::mpsc::Sender<Arc<PacketSocket>>> =
+        std::sync::OnceLock::new();
     let tx = CLOSER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<PacketSocket>>();
         let spawned = std::thread::Builder::new()
@@ -1400,12 +1379,10 @@ fn close_later(sock: Arc<PacketSocket>) {
         if let Err(e) = spawned {
             tracing::warn!("no closer thread ({e}): sockets are closed on the way");
         }
-        std::sync::Mutex::new(tx)
+        tx
     });
-    if let Ok(tx) = tx.lock() {
-        // With no closer thread, the socket comes back and is closed here.
-        let _ = tx.send(sock);
-    }
+    // With no closer thread, the socket comes back and is closed here.
+    let _ = tx.send(sock);
 }
 
 /// A request socket borrowed from a watched namespace or made for one request.
