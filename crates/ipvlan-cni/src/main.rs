@@ -9,7 +9,6 @@
 mod cni;
 mod daemon;
 mod ipam;
-mod nl;
 mod plugin;
 
 use std::io::{Read, Write};

@@ -2,17 +2,16 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use ipvlan::proto::{PortArgs, Request, Status};
 use ipvlan_sys::NetNs;
-use ipvlan_sys::rtnl::{IFF_UP, LinkChange, Rtnl, RtnlError};
+use ipvlan_sys::rtnl::{self, Addr, IFF_UP, LinkChange, RT_TABLE_MAIN, Rtnl, RtnlError};
 use serde_json::Value;
 
 use crate::cni::{CniError, CniResult, Interface, NetConf, code, parse_cidr, parse_version};
+use crate::daemon;
 use crate::ipam::Ipam;
-use crate::nl::{Nl, network};
-use crate::{daemon, nl};
 
 /// The `CNI_*` environment. `CNI_ARGS` is not used here; IPAM plugins inherit it with
 /// the rest of the environment.
@@ -118,13 +117,13 @@ fn open_target(path: &str) -> Result<NetNs, CniError> {
 /// The interface of the IPv4 default route in `ns` (what the reference plugin uses when
 /// `master` is not given).
 fn default_route_master(ns: &NetNs) -> Result<String, CniError> {
-    let routes = Nl::in_ns(ns)
+    let routes = Rtnl::in_ns(ns)
         .map_err(io_sys("netlink socket"))?
         .routes()
         .map_err(sys("listing routes"))?;
     let oif = routes
         .iter()
-        .filter(|r| r.prefix == 0 && r.dst.is_ipv4() && r.table == 254)
+        .filter(|r| r.prefix == 0 && r.dst.is_ipv4() && r.table == RT_TABLE_MAIN)
         .find_map(|r| r.oif)
         .ok_or_else(|| {
             CniError::config(
@@ -309,9 +308,14 @@ fn setup(
             .link_by_name(tmp)
             .map_err(sys(format!("looking up {tmp}")))?
             .ok_or_else(|| CniError::system(format!("the new slave {tmp} vanished")))?;
-        Nl::new()
-            .map_err(io_sys("netlink socket"))?
-            .move_to_netns(link.index, target.as_fd())
+        host_rt
+            .set_link(
+                link.index,
+                &LinkChange {
+                    netns_fd: Some(target.as_fd().as_raw_fd()),
+                    ..Default::default()
+                },
+            )
             .map_err(sys(format!("moving {tmp} into {}", env.netns)))?;
     }
     let link = target_rt
@@ -362,7 +366,7 @@ fn setup(
         None => CniResult::default(),
     };
 
-    configure(target, target_rt, index, &result)?;
+    configure(target_rt, index, &result)?;
 
     let mac = target_rt
         .link_by_index(index)
@@ -391,12 +395,7 @@ fn setup(
 
 /// Link up, addresses, routes (a route without `gw` goes through the gateway of its
 /// family, as the reference plugins' `ConfigureIface` does).
-fn configure(
-    target: &NetNs,
-    target_rt: &mut Rtnl,
-    index: u32,
-    result: &CniResult,
-) -> Result<(), CniError> {
+fn configure(target_rt: &mut Rtnl, index: u32, result: &CniResult) -> Result<(), CniError> {
     target_rt
         .set_link(
             index,
@@ -406,11 +405,15 @@ fn configure(
             },
         )
         .map_err(sys("setting the interface up"))?;
-    let mut nl = Nl::in_ns(target).map_err(io_sys("netlink socket in CNI_NETNS"))?;
     let (mut gw4, mut gw6) = (None, None);
     for ip in &result.ips {
         let (addr, prefix) = ip.addr()?;
-        nl.add_addr(index, addr, prefix)
+        target_rt
+            .add_addr_with_broadcast(&Addr {
+                index,
+                ip: addr,
+                prefix,
+            })
             .map_err(sys(format!("adding address {}", ip.address)))?;
         match ip.gateway {
             Some(g @ IpAddr::V4(_)) if gw4.is_none() => gw4 = Some(g),
@@ -421,19 +424,20 @@ fn configure(
     for r in &result.routes {
         let (dst, prefix) = parse_cidr(&r.dst)?;
         let gw = r.gw.or(if dst.is_ipv4() { gw4 } else { gw6 });
-        nl.add_route(
-            network(dst, prefix),
-            prefix,
-            gw,
-            index,
-            r.priority(),
-            r.table(),
-        )
-        .map_err(sys(format!(
-            "adding route {} via {}",
-            r.dst,
-            gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
-        )))?;
+        target_rt
+            .add_route(&rtnl::Route {
+                dst: network(dst, prefix),
+                prefix,
+                gw,
+                oif: Some(index),
+                table: r.table().unwrap_or(RT_TABLE_MAIN),
+                priority: r.priority(),
+            })
+            .map_err(sys(format!(
+                "adding route {} via {}",
+                r.dst,
+                gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+            )))?;
     }
     Ok(())
 }
@@ -558,14 +562,11 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             )));
         }
     }
-    let routes = Nl::in_ns(&target)
-        .map_err(io_sys("netlink socket in CNI_NETNS"))?
-        .routes()
-        .map_err(sys("listing routes"))?;
+    let routes = rt.routes().map_err(sys("listing routes"))?;
     for r in &prev.routes {
         let (dst, prefix) = parse_cidr(&r.dst)?;
         let dst = network(dst, prefix);
-        let found = routes.iter().any(|e: &nl::RouteEntry| {
+        let found = routes.iter().any(|e: &rtnl::Route| {
             e.dst == dst
                 && e.prefix == prefix
                 && r.gw.is_none_or(|g| e.gw == Some(g))
@@ -641,9 +642,47 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Masks `ip` to its first `prefix` bits.
+fn network(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix.min(32)))
+            };
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix.min(128)))
+            };
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(
+            network("10.1.2.3".parse().unwrap(), 24),
+            "10.1.2.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network("10.1.2.3".parse().unwrap(), 0),
+            "0.0.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network("fd00:1::5".parse().unwrap(), 64),
+            "fd00:1::".parse::<IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn env_validation() {

@@ -16,16 +16,18 @@
 //! statement needs the `nft_queue` module; iptables' `-j NFQUEUE` (also through
 //! iptables-nft, via `xt_NFQUEUE`) feeds the same queues.
 //!
-//! Message layout: nlmsghdr (host order), then nfgenmsg {family u8, version 0,
-//! res_id be16 = queue number}, then attributes whose values are big-endian.
+//! Messages are [`NfMessage`]s on a [`Socket<Nfnetlink>`]: nfgenmsg {family, version
+//! 0, res_id = queue number}, then attributes whose values are big-endian. Queued
+//! packets are read in place ([`frames`]), never copied.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
-use nix::sys::socket::{MsgFlags, recv, setsockopt, sockopt};
+use netlink_packet_core::{NLM_F_ACK, NLMSG_ERROR};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::MacAddr;
+use crate::netlink::{Frames, NFGENMSG_LEN, NfMessage, Nfnetlink, Socket, attrs, frames};
 
 /// A buffer of this size holds any datagram the queue sends: a 64 KiB packet copy
 /// plus its headers and attributes.
@@ -43,20 +45,11 @@ pub const SKB_CSUMNOTREADY: u32 = 1;
 pub const SKB_GSO: u32 = 2;
 pub const SKB_CSUM_NOTVERIFIED: u32 = 4;
 
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NFGENMSG_LEN: usize = 4;
-
-const NFNL_SUBSYS_QUEUE: u16 = 3;
-const NFQNL_MSG_PACKET: u16 = 0;
-const NFQNL_MSG_VERDICT: u16 = 1;
-const NFQNL_MSG_CONFIG: u16 = 2;
-const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
+const NFNL_SUBSYS_QUEUE: u8 = 3;
+const NFQNL_MSG_PACKET: u8 = 0;
+const NFQNL_MSG_VERDICT: u8 = 1;
+const NFQNL_MSG_CONFIG: u8 = 2;
+const NFQNL_MSG_VERDICT_BATCH: u8 = 3;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
@@ -138,89 +131,47 @@ impl QueuedPacket<'_> {
 /// A bound NFQUEUE queue.
 #[derive(Debug)]
 pub struct NfQueue {
-    sock: Socket,
+    sock: Socket<Nfnetlink>,
     queue: u16,
 }
 
-fn put_nlmsghdr(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32) {
-    out.extend_from_slice(&0u32.to_ne_bytes()); // length, patched by `finish`
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-}
-
-fn put_nfgenmsg(out: &mut Vec<u8>, family: u8, res_id: u16) {
-    out.push(family);
-    out.push(0); // NFNETLINK_V0
-    out.extend_from_slice(&res_id.to_be_bytes());
-}
-
-fn put_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len() + (align4(len) - len), 0);
-}
-
-fn finish(out: &mut [u8]) {
-    let len = out.len() as u32;
-    out[0..4].copy_from_slice(&len.to_ne_bytes());
-}
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn msg_type(msg: u16) -> u16 {
-    (NFNL_SUBSYS_QUEUE << 8) | msg
+fn msg_type(msg: u8) -> u16 {
+    (u16::from(NFNL_SUBSYS_QUEUE) << 8) | u16::from(msg)
 }
 
 /// The one configuration request: bind, copy mode, GSO flag, queue length.
-fn config_request(queue: u16, seq: u32) -> Vec<u8> {
-    let mut m = Vec::with_capacity(96);
-    put_nlmsghdr(
-        &mut m,
-        msg_type(NFQNL_MSG_CONFIG),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-    );
-    put_nfgenmsg(&mut m, libc::AF_UNSPEC as u8, queue);
-    // struct nfqnl_msg_config_cmd { u8 command; u8 pad; be16 pf; } — pf is unused by
-    // BIND (and PF_BIND is a no-op since Linux 3.8).
-    put_attr(&mut m, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0]);
+fn config_request(queue: u16) -> NfMessage {
     // struct nfqnl_msg_config_params { be32 copy_range; u8 copy_mode; } __packed
     let mut params = [0u8; 5];
     params[0..4].copy_from_slice(&0xffffu32.to_be_bytes());
     params[4] = NFQNL_COPY_PACKET;
-    put_attr(&mut m, NFQA_CFG_PARAMS, &params);
-    put_attr(&mut m, NFQA_CFG_QUEUE_MAXLEN, &QUEUE_MAXLEN.to_be_bytes());
-    put_attr(&mut m, NFQA_CFG_FLAGS, &0u32.to_be_bytes());
-    put_attr(&mut m, NFQA_CFG_MASK, &NFQA_CFG_F_GSO.to_be_bytes());
-    finish(&mut m);
-    m
+    NfMessage::new(
+        NFNL_SUBSYS_QUEUE,
+        NFQNL_MSG_CONFIG,
+        libc::AF_UNSPEC as u8,
+        queue,
+    )
+    // struct nfqnl_msg_config_cmd { u8 command; u8 pad; be16 pf; } — pf is unused by
+    // BIND (and PF_BIND is a no-op since Linux 3.8).
+    .attr(NFQA_CFG_CMD, [NFQNL_CFG_CMD_BIND, 0, 0, 0])
+    .attr(NFQA_CFG_PARAMS, params)
+    .attr(NFQA_CFG_QUEUE_MAXLEN, QUEUE_MAXLEN.to_be_bytes())
+    .attr(NFQA_CFG_FLAGS, 0u32.to_be_bytes())
+    .attr(NFQA_CFG_MASK, NFQA_CFG_F_GSO.to_be_bytes())
 }
 
 /// A verdict message (`batch`: for every packet with an id up to `id`).
-fn verdict_request(queue: u16, id: u32, verdict: Verdict, batch: bool) -> [u8; 32] {
-    let mut m = [0u8; 32];
-    let ty = msg_type(if batch {
+fn verdict_request(queue: u16, id: u32, verdict: Verdict, batch: bool) -> NfMessage {
+    let msg = if batch {
         NFQNL_MSG_VERDICT_BATCH
     } else {
         NFQNL_MSG_VERDICT
-    });
-    m[0..4].copy_from_slice(&32u32.to_ne_bytes());
-    m[4..6].copy_from_slice(&ty.to_ne_bytes());
-    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    // seq and portid stay 0.
-    m[16] = libc::AF_UNSPEC as u8;
-    m[18..20].copy_from_slice(&queue.to_be_bytes());
-    m[20..22].copy_from_slice(&12u16.to_ne_bytes());
-    m[22..24].copy_from_slice(&NFQA_VERDICT_HDR.to_ne_bytes());
-    m[24..28].copy_from_slice(&verdict.code().to_be_bytes());
-    m[28..32].copy_from_slice(&id.to_be_bytes());
-    m
+    };
+    // struct nfqnl_msg_verdict_hdr { be32 verdict; be32 id; }
+    let mut hdr = [0u8; 8];
+    hdr[0..4].copy_from_slice(&verdict.code().to_be_bytes());
+    hdr[4..8].copy_from_slice(&id.to_be_bytes());
+    NfMessage::new(NFNL_SUBSYS_QUEUE, msg, libc::AF_UNSPEC as u8, queue).attr(NFQA_VERDICT_HDR, hdr)
 }
 
 fn bad(msg: &'static str) -> io::Error {
@@ -229,23 +180,6 @@ fn bad(msg: &'static str) -> io::Error {
 
 fn be32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
-}
-
-/// Attributes after the nfgenmsg: (type without flags, value).
-fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if rest.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > rest.len() {
-            return None;
-        }
-        let value = &rest[4..len];
-        rest = rest.get(align4(len)..).unwrap_or(&[]);
-        Some((ty, value))
-    })
 }
 
 /// Parses the body (after the nlmsghdr) of an NFQNL_MSG_PACKET message.
@@ -303,12 +237,14 @@ fn parse_packet(body: &[u8]) -> io::Result<QueuedPacket<'_>> {
 /// iteration continues after it.
 #[derive(Debug)]
 pub struct Packets<'a> {
-    rest: &'a [u8],
+    frames: Frames<'a>,
 }
 
 impl<'a> Packets<'a> {
     fn new(datagram: &'a [u8]) -> Self {
-        Self { rest: datagram }
+        Self {
+            frames: frames(datagram),
+        }
     }
 }
 
@@ -317,31 +253,16 @@ impl<'a> Iterator for Packets<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let rest = self.rest;
-            if rest.len() < NLMSG_HDRLEN {
-                return None;
-            }
-            let len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
-            if len < NLMSG_HDRLEN || len > rest.len() {
-                self.rest = &[];
-                return Some(Err(bad("malformed netlink message")));
-            }
-            let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-            let body = &rest[NLMSG_HDRLEN..len];
-            self.rest = rest.get(align4(len)..).unwrap_or(&[]);
-            match ty {
-                NLMSG_NOOP | NLMSG_DONE => {}
-                NLMSG_ERROR => {
-                    let code = body
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()))
-                        .unwrap_or(-libc::EBADMSG);
-                    if code != 0 {
-                        return Some(Err(io::Error::from_raw_os_error(-code)));
-                    }
+            let frame = match self.frames.next()? {
+                Ok(f) => f,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if frame.message_type() == NLMSG_ERROR {
+                if let Some(Err(e)) = frame.status() {
+                    return Some(Err(e.into()));
                 }
-                t if t == msg_type(NFQNL_MSG_PACKET) => return Some(parse_packet(body)),
-                _ => {}
+            } else if frame.message_type() == msg_type(NFQNL_MSG_PACKET) {
+                return Some(parse_packet(frame.payload()));
             }
         }
     }
@@ -351,15 +272,14 @@ impl NfQueue {
     /// Binds queue `queue_num` in the calling thread's namespace. Fails with `EPERM`
     /// when another socket has it, or without CAP_NET_ADMIN.
     pub fn open(queue_num: u16) -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
+        let sock = Socket::open()?;
         // Room for bursts of full-size copies; the FORCE variant ignores rmem_max.
         if setsockopt(&sock, sockopt::RcvBufForce, &(8 << 20)).is_err() {
             let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
         }
         // A full socket buffer drops packets in the kernel; without this it would
         // also make the next recv fail with ENOBUFS.
-        sock.set_no_enobufs(true)?;
+        sock.inner().set_no_enobufs(true)?;
 
         let q = Self {
             sock,
@@ -368,28 +288,22 @@ impl NfQueue {
         // The request is handled synchronously, so its answer is already queued when
         // send returns; the socket is still blocking here.
         const SEQ: u32 = 1;
-        q.sock.send(&config_request(queue_num, SEQ), 0)?;
+        q.sock.send(config_request(queue_num), NLM_F_ACK, SEQ)?;
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let n = recv(q.sock.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC)?;
-            let datagram = &buf[..n.min(buf.len())];
-            for (ty, seq, body) in split(datagram) {
-                if ty == NLMSG_ERROR && seq == SEQ {
-                    let code = body
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .map(i32::from_ne_bytes)
-                        .unwrap_or(-libc::EBADMSG);
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                    q.sock.set_non_blocking(true)?;
+            let n = q.sock.recv_into(&mut buf)?;
+            for frame in frames(&buf[..n.min(buf.len())]).map_while(Result::ok) {
+                if frame.seq() == SEQ
+                    && let Some(status) = frame.status()
+                {
+                    status?;
+                    q.sock.inner().set_non_blocking(true)?;
                     return Ok(q);
                 }
                 // A packet queued between the bind and its acknowledgement: drop it,
                 // as the kernel would have with nobody bound.
-                if ty == msg_type(NFQNL_MSG_PACKET)
-                    && let Ok(p) = parse_packet(body)
+                if frame.message_type() == msg_type(NFQNL_MSG_PACKET)
+                    && let Ok(p) = parse_packet(frame.payload())
                 {
                     let _ = q.verdict(p.id, Verdict::Drop);
                 }
@@ -404,10 +318,10 @@ impl NfQueue {
     /// Reads one datagram into `buf` (at least [`RECV_BUF`] bytes for a full-size
     /// packet) and returns the packets in it; `None` when nothing is waiting.
     pub fn recv<'b>(&self, buf: &'b mut [u8]) -> io::Result<Option<Packets<'b>>> {
-        let n = match recv(self.sock.as_raw_fd(), buf, MsgFlags::MSG_TRUNC) {
+        let n = match self.sock.recv_into(buf) {
             Ok(n) => n,
-            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
         };
         if n > buf.len() {
             return Err(bad("netlink datagram larger than the buffer"));
@@ -417,36 +331,16 @@ impl NfQueue {
 
     /// Gives packet `id` its verdict.
     pub fn verdict(&self, id: u32, verdict: Verdict) -> io::Result<()> {
+        // Sequence number 0: no answer is asked for.
         self.sock
-            .send(&verdict_request(self.queue, id, verdict, false), 0)
-            .map(drop)
+            .send(verdict_request(self.queue, id, verdict, false), 0, 0)
     }
 
     /// Gives every packet still waiting with an id up to `id` the same verdict.
     pub fn verdict_batch(&self, id: u32, verdict: Verdict) -> io::Result<()> {
         self.sock
-            .send(&verdict_request(self.queue, id, verdict, true), 0)
-            .map(drop)
+            .send(verdict_request(self.queue, id, verdict, true), 0, 0)
     }
-}
-
-/// Messages of a datagram: (type, seq, body after the nlmsghdr).
-fn split(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        let rest = buf.get(off..)?;
-        if rest.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return None;
-        }
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let seq = u32::from_ne_bytes(rest[8..12].try_into().ok()?);
-        off += align4(len);
-        Some((ty, seq, &rest[NLMSG_HDRLEN..len]))
-    })
 }
 
 impl AsFd for NfQueue {
@@ -464,33 +358,37 @@ impl AsRawFd for NfQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{NLMSG_HDRLEN, align, encode};
+    use netlink_packet_core::NLM_F_REQUEST;
 
     fn packet_msg(id: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        put_nlmsghdr(&mut m, msg_type(NFQNL_MSG_PACKET), 0, 0);
-        put_nfgenmsg(&mut m, libc::AF_INET as u8, 5);
         let mut hdr = id.to_be_bytes().to_vec();
         hdr.extend_from_slice(&0x0800u16.to_be_bytes());
         hdr.push(HOOK_PRE_ROUTING);
-        put_attr(&mut m, NFQA_PACKET_HDR, &hdr);
-        put_attr(&mut m, NFQA_MARK, &0xabcdu32.to_be_bytes());
-        put_attr(&mut m, NFQA_IFINDEX_INDEV, &7u32.to_be_bytes());
         let mut hw = 6u16.to_be_bytes().to_vec();
         hw.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 9, 0, 0]);
-        put_attr(&mut m, NFQA_HWADDR, &hw);
-        put_attr(&mut m, NFQA_SKB_INFO, &SKB_GSO.to_be_bytes());
-        // Flag bits in the type are ignored.
-        put_attr(&mut m, NFQA_PAYLOAD | 0x4000, payload);
-        finish(&mut m);
+        let msg = NfMessage::new(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET, libc::AF_INET as u8, 5)
+            .attr(NFQA_PACKET_HDR, hdr)
+            .attr(NFQA_MARK, 0xabcdu32.to_be_bytes())
+            .attr(NFQA_IFINDEX_INDEV, 7u32.to_be_bytes())
+            .attr(NFQA_HWADDR, hw)
+            .attr(NFQA_SKB_INFO, SKB_GSO.to_be_bytes())
+            .attr(NFQA_PAYLOAD, payload);
+        let mut m = encode(msg, 0, 0);
+        // Flag bits in the type are ignored: NLA_F_NET_BYTEORDER on the payload.
+        let at = m.len() - align(4 + payload.len());
+        let ty = u16::from_ne_bytes([m[at + 2], m[at + 3]]) | 0x4000;
+        m[at + 2..at + 4].copy_from_slice(&ty.to_ne_bytes());
         m
     }
 
     fn error_msg(code: i32) -> Vec<u8> {
         let mut m = Vec::new();
-        put_nlmsghdr(&mut m, NLMSG_ERROR, 0, 0);
+        m.extend_from_slice(&((NLMSG_HDRLEN + 4 + NLMSG_HDRLEN) as u32).to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
         m.extend_from_slice(&code.to_ne_bytes());
-        m.extend_from_slice(&[0u8; 16]);
-        finish(&mut m);
+        m.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
         m
     }
 
@@ -529,16 +427,17 @@ mod tests {
             let _ = Packets::new(&d[..cut]).count();
         }
         assert!(Packets::new(&d[..d.len() - 1]).next().unwrap().is_err());
-        let mut no_hdr = Vec::new();
-        put_nlmsghdr(&mut no_hdr, msg_type(NFQNL_MSG_PACKET), 0, 0);
-        put_nfgenmsg(&mut no_hdr, 2, 5);
-        finish(&mut no_hdr);
+        let no_hdr = encode(
+            NfMessage::new(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET, 2, 5),
+            0,
+            0,
+        );
         assert!(Packets::new(&no_hdr).next().unwrap().is_err());
     }
 
     #[test]
     fn builds_config_and_verdict_messages() {
-        let m = config_request(0x0105, 1);
+        let m = encode(config_request(0x0105), NLM_F_REQUEST | NLM_F_ACK, 1);
         assert_eq!(m.len(), 16 + 4 + 8 + 12 + 8 + 8 + 8);
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()),
@@ -553,12 +452,20 @@ mod tests {
         assert_eq!(a[3], (NFQA_CFG_FLAGS, &[0u8, 0, 0, 0][..]));
         assert_eq!(a[4], (NFQA_CFG_MASK, &[0u8, 0, 0, 4][..]));
 
-        let v = verdict_request(5, 0x01020304, Verdict::Accept, false);
+        assert_eq!(u16::from_ne_bytes([m[6], m[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 1);
+
+        let v = encode(
+            verdict_request(5, 0x01020304, Verdict::Accept, false),
+            NLM_F_REQUEST,
+            0,
+        );
+        assert_eq!(v.len(), 32);
         assert_eq!(u16::from_ne_bytes([v[4], v[5]]), 0x0301);
         assert_eq!(&v[18..20], &[0, 5]);
         let a: Vec<_> = attrs(&v[20..]).collect();
         assert_eq!(a, vec![(NFQA_VERDICT_HDR, &[0u8, 0, 0, 1, 1, 2, 3, 4][..])]);
-        let v = verdict_request(5, 9, Verdict::Drop, true);
+        let v = encode(verdict_request(5, 9, Verdict::Drop, true), NLM_F_REQUEST, 0);
         assert_eq!(u16::from_ne_bytes([v[4], v[5]]), 0x0303);
         assert_eq!(&v[24..28], &[0, 0, 0, 0]);
     }

@@ -12,9 +12,8 @@
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
-use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
-
 use crate::NetNs;
+use crate::netlink::{NfMessage, Nfnetlink, Socket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -84,130 +83,92 @@ fn run(
     }
 }
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWGEN: u16 = 15;
-const NFT_MSG_GETGEN: u16 = 16;
+const NFNL_SUBSYS_NFTABLES: u8 = 10;
+const NFT_MSG_NEWGEN: u8 = 15;
+const NFT_MSG_GETGEN: u8 = 16;
 const NFTA_GEN_ID: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
 
 /// A netlink socket that asks one namespace for its nftables ruleset generation.
 #[derive(Debug)]
 pub struct Generation {
-    sock: Socket,
-    seq: u32,
+    sock: Socket<Nfnetlink>,
 }
 
 impl Generation {
     /// Opens the socket in the calling thread's namespace (it stays bound there).
     pub fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
+        let sock = Socket::open()?;
         // A kernel that never answers must not hang the caller.
         let limit = nix::sys::time::TimeVal::new(1, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &limit)?;
-        Ok(Self { sock, seq: 0 })
+        Ok(Self { sock })
     }
 
     /// The current generation (`NFT_MSG_GETGEN`).
     pub fn get(&mut self) -> io::Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        self.sock.send(&getgen_request(self.seq), 0)?;
-        let mut buf = vec![0u8; 8192];
-        loop {
-            let n = self.sock.recv(&mut &mut buf[..], 0)?.min(buf.len());
-            match parse_gen(&buf[..n], self.seq)? {
-                Some(g) => return Ok(g),
-                None => continue, // an answer to an earlier, abandoned request
-            }
-        }
+        let request = NfMessage::new(
+            NFNL_SUBSYS_NFTABLES,
+            NFT_MSG_GETGEN,
+            libc::AF_UNSPEC as u8,
+            0,
+        );
+        // Without NLM_F_ACK the exchange ends at the one answer.
+        let answers = self.sock.request(request, 0)?;
+        answers.first().and_then(generation_of).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no NFT_MSG_NEWGEN with NFTA_GEN_ID in the answer",
+            )
+        })
     }
 }
 
-fn getgen_request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
-    const LEN: usize = NLMSG_HDRLEN + NFGENMSG_LEN;
-    let mut m = [0u8; LEN];
-    m[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
-    m[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
-    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // portid 0; nfgenmsg { AF_UNSPEC, NFNETLINK_V0, res_id 0 }
-    m
-}
-
-/// The generation in an answer to request `seq`; `None` for a message about another
-/// request.
-fn parse_gen(mut rest: &[u8], seq: u32) -> io::Result<Option<u32>> {
-    let bad = |m: &'static str| io::Error::new(io::ErrorKind::InvalidData, m);
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(bad("malformed netlink message"));
-        }
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let got_seq = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
-        let body = &rest[NLMSG_HDRLEN..len];
-        rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
-        if got_seq != seq {
-            continue;
-        }
-        if ty == NLMSG_ERROR {
-            let errno = body
-                .get(..4)
-                .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                .unwrap_or(0);
-            if errno != 0 {
-                return Err(io::Error::from_raw_os_error(-errno));
-            }
-            continue;
-        }
-        if ty != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
-            continue;
-        }
-        let mut attrs = body.get(NFGENMSG_LEN..).unwrap_or(&[]);
-        while attrs.len() >= 4 {
-            let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-            let aty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-            if alen < 4 || alen > attrs.len() {
-                break;
-            }
-            if aty == NFTA_GEN_ID && alen >= 8 {
-                return Ok(Some(u32::from_be_bytes(
-                    attrs[4..8].try_into().expect("4 bytes"),
-                )));
-            }
-            attrs = attrs.get((alen + 3) & !3..).unwrap_or(&[]);
-        }
-        return Err(bad("NFT_MSG_NEWGEN without NFTA_GEN_ID"));
+/// The generation an `NFT_MSG_NEWGEN` message carries.
+fn generation_of(msg: &NfMessage) -> Option<u32> {
+    if msg.message_type != (u16::from(NFNL_SUBSYS_NFTABLES) << 8) | u16::from(NFT_MSG_NEWGEN) {
+        return None;
     }
-    Ok(None)
+    Some(u32::from_be_bytes(
+        msg.get(NFTA_GEN_ID)?.get(..4)?.try_into().ok()?,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{encode, frames};
 
     #[test]
     fn a_newgen_answer_is_read() {
-        // nlmsghdr (len 32, NEWGEN, seq 7), nfgenmsg, NFTA_GEN_ID = 0x01020304 (BE),
-        // then NFTA_GEN_PROC_PID.
-        let mut m = Vec::new();
-        m.extend_from_slice(&32u32.to_ne_bytes());
-        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN).to_ne_bytes());
-        m.extend_from_slice(&0u16.to_ne_bytes());
-        m.extend_from_slice(&7u32.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&[0, 0, 0, 0]);
-        m.extend_from_slice(&8u16.to_ne_bytes());
-        m.extend_from_slice(&NFTA_GEN_ID.to_ne_bytes());
-        m.extend_from_slice(&[1, 2, 3, 4]);
-        m.extend_from_slice(&8u16.to_ne_bytes());
-        m.extend_from_slice(&2u16.to_ne_bytes());
-        m.extend_from_slice(&[0, 0, 0, 9]);
-        assert_eq!(parse_gen(&m, 7).unwrap(), Some(0x0102_0304));
-        assert_eq!(parse_gen(&m, 8).unwrap(), None);
-        assert!(parse_gen(&m[..20], 7).is_err());
+        // NFTA_GEN_ID = 0x01020304 (big-endian), then NFTA_GEN_PROC_PID.
+        let answer = NfMessage::new(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, 0, 0)
+            .attr(NFTA_GEN_ID, [1, 2, 3, 4])
+            .attr(2, [0, 0, 0, 9]);
+        let bytes = encode(answer, 0, 7);
+        assert_eq!(bytes.len(), 36);
+        let f = frames(&bytes).next().unwrap().unwrap();
+        assert_eq!(f.seq(), 7);
+        let msg: NfMessage = f.decode().unwrap();
+        assert_eq!(generation_of(&msg), Some(0x0102_0304));
+        assert!(frames(&bytes[..20]).next().unwrap().is_err());
+        let without_id = NfMessage::new(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, 0, 0).attr(2, [0; 4]);
+        assert_eq!(generation_of(&without_id), None);
+        let other =
+            NfMessage::new(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, 0, 0).attr(NFTA_GEN_ID, [0; 4]);
+        assert_eq!(generation_of(&other), None);
+    }
+
+    #[test]
+    fn the_getgen_request_is_an_empty_nfgenmsg() {
+        let req = NfMessage::new(
+            NFNL_SUBSYS_NFTABLES,
+            NFT_MSG_GETGEN,
+            libc::AF_UNSPEC as u8,
+            0,
+        );
+        let bytes = encode(req, netlink_packet_core::NLM_F_REQUEST, 3);
+        assert_eq!(bytes.len(), 20);
+        assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), (10 << 8) | 16);
+        assert_eq!(&bytes[16..], &[0, 0, 0, 0]);
     }
 }

@@ -1,10 +1,12 @@
-//! rtnetlink: link, address and namespace-id requests, and event monitors.
+//! rtnetlink: link, address, route, rule, traffic-control and namespace-id requests,
+//! and event monitors.
 //!
 //! A socket belongs to the namespace it was created in ([`Rtnl::in_ns`] creates one
 //! inside another namespace). Requests are synchronous: one request, then its
-//! answers until the acknowledgement or the end of the dump. Messages are built and
-//! parsed with `netlink-packet-route`; the multicast-address messages it does not know
-//! (`RTM_NEWMULTICAST` and friends) are parsed here.
+//! answers until the acknowledgement or the end of the dump (the framing is
+//! [`crate::netlink`]'s). Messages are built and parsed with `netlink-packet-route`;
+//! the multicast-address messages it does not know (`RTM_NEWMULTICAST` and friends)
+//! are [`RtnlMessage::Mcast`], encoded here.
 
 use std::io;
 use std::io::IoSliceMut;
@@ -12,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkDeserializable,
+    NetlinkHeader, NetlinkSerializable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -22,21 +24,18 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
-    RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recv, recvmsg};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
+use crate::netlink::{self, Rtnetlink, Socket, frames};
 use crate::{MacAddr, NetNs};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
 const RTM_NEWMULTICAST: u16 = 56;
 const RTM_DELMULTICAST: u16 = 57;
 const RTM_GETMULTICAST: u16 = 58;
@@ -68,6 +67,16 @@ pub enum RtnlError {
     Kernel { errno: i32 },
     #[error("cannot decode a netlink message: {0}")]
     Decode(String),
+}
+
+impl From<netlink::Error> for RtnlError {
+    fn from(e: netlink::Error) -> Self {
+        match e {
+            netlink::Error::Io(e) => Self::Io(e),
+            netlink::Error::Kernel { errno } => Self::Kernel { errno },
+            netlink::Error::Decode(m) => Self::Decode(m),
+        }
+    }
 }
 
 impl RtnlError {
@@ -190,18 +199,110 @@ pub struct VethSpec<'a> {
     pub peer_netns_fd: Option<RawFd>,
 }
 
+/// The main routing table (`RT_TABLE_MAIN`).
+pub const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
+/// A unicast route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The destination network (the unspecified address for a default route).
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    /// The metric.
+    pub priority: Option<u32>,
+}
+
+/// A message of `NETLINK_ROUTE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RtnlMessage {
+    /// Everything `netlink-packet-route` knows.
+    Route(RouteNetlinkMessage),
+    /// `RTM_{NEW,DEL,GET}MULTICAST`: an `ifaddrmsg` (family, interface) and the group.
+    Mcast {
+        message_type: u16,
+        family: u8,
+        index: u32,
+        group: Option<IpAddr>,
+    },
+}
+
+/// Length of `struct ifaddrmsg`.
+const IFADDRMSG_LEN: usize = 8;
+
+impl NetlinkSerializable for RtnlMessage {
+    fn message_type(&self) -> u16 {
+        match self {
+            Self::Route(m) => m.message_type(),
+            Self::Mcast { message_type, .. } => *message_type,
+        }
+    }
+
+    fn buffer_len(&self) -> usize {
+        match self {
+            Self::Route(m) => m.buffer_len(),
+            Self::Mcast { group, .. } => {
+                IFADDRMSG_LEN + group.map_or(0, |g| 4 + if g.is_ipv4() { 4 } else { 16 })
+            }
+        }
+    }
+
+    fn serialize(&self, buffer: &mut [u8]) {
+        match self {
+            Self::Route(m) => m.serialize(buffer),
+            Self::Mcast {
+                family,
+                index,
+                group,
+                ..
+            } => {
+                buffer[..IFADDRMSG_LEN].fill(0);
+                buffer[0] = *family;
+                buffer[4..8].copy_from_slice(&index.to_ne_bytes());
+                if let Some(g) = group {
+                    let octets = match g {
+                        IpAddr::V4(v4) => v4.octets().to_vec(),
+                        IpAddr::V6(v6) => v6.octets().to_vec(),
+                    };
+                    let len = 4 + octets.len() as u16;
+                    buffer[8..10].copy_from_slice(&len.to_ne_bytes());
+                    buffer[10..12].copy_from_slice(&IFA_MULTICAST.to_ne_bytes());
+                    buffer[12..].copy_from_slice(&octets);
+                }
+            }
+        }
+    }
+}
+
+impl NetlinkDeserializable for RtnlMessage {
+    type Error = DecodeError;
+
+    fn deserialize(
+        header: &NetlinkHeader,
+        payload: &[u8],
+    ) -> std::result::Result<Self, DecodeError> {
+        match header.message_type {
+            RTM_NEWMULTICAST | RTM_DELMULTICAST | RTM_GETMULTICAST => {
+                let (family, index, group) = parse_mcast(payload)
+                    .ok_or_else(|| DecodeError::from("a malformed multicast-address message"))?;
+                Ok(Self::Mcast {
+                    message_type: header.message_type,
+                    family,
+                    index,
+                    group,
+                })
+            }
+            _ => RouteNetlinkMessage::deserialize(header, payload).map(Self::Route),
+        }
+    }
+}
+
 /// A request socket.
 #[derive(Debug)]
 pub struct Rtnl {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-fn open_socket() -> io::Result<Socket> {
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
-    sock.bind(&SocketAddr::new(0, 0))?;
-    Ok(sock)
+    sock: Socket<Rtnetlink>,
 }
 
 fn parse_link(msg: LinkMessage) -> Link {
@@ -278,66 +379,43 @@ fn parse_addr(msg: AddressMessage) -> Option<Addr> {
     })
 }
 
-/// Parses an `RTM_*MULTICAST` message (header included).
-fn parse_mcast(msg: &[u8]) -> Option<Mcast> {
-    let body = msg.get(NLMSG_HDRLEN..)?;
+/// Parses the body of an `RTM_*MULTICAST` message: (family, interface, group). The
+/// group is `None` when the message carries no `IFA_MULTICAST` (a request).
+fn parse_mcast(body: &[u8]) -> Option<(u8, u32, Option<IpAddr>)> {
     let family = *body.first()?;
     let index = u32::from_ne_bytes(body.get(4..8)?.try_into().ok()?);
-    let mut attrs = body.get(8..)?;
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        let val = &attrs[4..len];
+    for (ty, val) in netlink::attrs(body.get(IFADDRMSG_LEN..)?) {
         if ty == IFA_MULTICAST {
-            let group = match (family as i32, val.len()) {
+            let group = match (i32::from(family), val.len()) {
                 (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(val).ok()?)),
                 (libc::AF_INET6, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(val).ok()?)),
                 _ => return None,
             };
-            return Some(Mcast { index, group });
+            return Some((family, index, Some(group)));
         }
-        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
     }
-    None
+    Some((family, index, None))
 }
 
-/// Splits a datagram into netlink messages: (type, seq, whole message).
-fn split(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        let rest = buf.get(off..)?;
-        if rest.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return None;
-        }
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let seq = u32::from_ne_bytes(rest[8..12].try_into().ok()?);
-        off += (len + 3) & !3;
-        Some((ty, seq, &rest[..len]))
-    })
+fn mcast_of(msg: RtnlMessage) -> Option<(u16, Mcast)> {
+    match msg {
+        RtnlMessage::Mcast {
+            message_type,
+            index,
+            group: Some(group),
+            ..
+        } => Some((message_type, Mcast { index, group })),
+        _ => None,
+    }
 }
 
-fn decode(msg: &[u8]) -> Result<RouteNetlinkMessage> {
-    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
-        Ok(m) => match m.payload {
-            NetlinkPayload::InnerMessage(i) => Ok(i),
-            other => Err(RtnlError::Decode(format!("unexpected payload {other:?}"))),
+fn to_event(msg: RtnlMessage) -> Option<Event> {
+    match msg {
+        RtnlMessage::Mcast { .. } => match mcast_of(msg)? {
+            (RTM_DELMULTICAST, m) => Some(Event::DelMcast(m)),
+            (_, m) => Some(Event::NewMcast(m)),
         },
-        Err(e) => Err(RtnlError::Decode(e.to_string())),
-    }
-}
-
-fn to_event(ty: u16, msg: &[u8]) -> Option<Event> {
-    match ty {
-        RTM_NEWMULTICAST | RTM_GETMULTICAST => parse_mcast(msg).map(Event::NewMcast),
-        RTM_DELMULTICAST => parse_mcast(msg).map(Event::DelMcast),
-        _ => match decode(msg).ok()? {
+        RtnlMessage::Route(msg) => match msg {
             // A bridge's view of its ports (`AF_BRIDGE`): a port leaving its bridge is
             // an RTM_DELLINK of this family, though the device stays. The device's own
             // messages (`AF_UNSPEC`) say everything that changed.
@@ -355,6 +433,58 @@ fn to_event(ty: u16, msg: &[u8]) -> Option<Event> {
     }
 }
 
+fn ip_family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The broadcast address of an IPv4 subnet that has one (a prefix shorter than /31).
+fn broadcast(ip: IpAddr, prefix: u8) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) if prefix < 31 => Some(Ipv4Addr::from(u32::from(v4) | (u32::MAX >> prefix))),
+        _ => None,
+    }
+}
+
+fn route_ip(a: RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(v6)),
+        _ => None,
+    }
+}
+
+fn parse_route(r: RouteMessage) -> Route {
+    let mut route = Route {
+        dst: match r.header.address_family {
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        },
+        prefix: r.header.destination_prefix_length,
+        gw: None,
+        oif: None,
+        table: u32::from(r.header.table),
+        priority: None,
+    };
+    for a in r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => {
+                if let Some(ip) = route_ip(d) {
+                    route.dst = ip;
+                }
+            }
+            RouteAttribute::Gateway(g) => route.gw = route_ip(g),
+            RouteAttribute::Oif(o) => route.oif = Some(o),
+            RouteAttribute::Table(t) => route.table = t,
+            RouteAttribute::Priority(p) => route.priority = Some(p),
+            _ => {}
+        }
+    }
+    route
+}
+
 fn link_msg(index: u32) -> LinkMessage {
     let mut m = LinkMessage::default();
     m.header.index = index;
@@ -365,9 +495,7 @@ impl Rtnl {
     /// A request socket in the calling thread's namespace.
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            sock: open_socket()?,
-            seq: 0,
-            buf: vec![0; 1 << 18],
+            sock: Socket::open()?,
         })
     }
 
@@ -376,57 +504,15 @@ impl Rtnl {
         ns.run(Self::new)?
     }
 
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        nl.finalize();
-        let mut out = vec![0; nl.buffer_len()];
-        nl.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        Ok(self.seq)
-    }
-
-    /// Sends a request and collects (type, message) answers until ACK or DONE. A
-    /// request that is not a dump asks for an ACK, so its end is always marked.
-    fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<(u16, Vec<u8>)>> {
+    /// Sends a request and collects its answers until the ACK or the end of the dump.
+    /// A request that is not a dump asks for an ACK, so its end is always marked.
+    fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RtnlMessage>> {
         let flags = if flags & NLM_F_DUMP == NLM_F_DUMP {
             flags
         } else {
             flags | NLM_F_ACK
         };
-        let seq = self.send(msg, flags)?;
-        self.collect(seq)
-    }
-
-    fn collect(&mut self, seq: u32) -> Result<Vec<(u16, Vec<u8>)>> {
-        let mut out = Vec::new();
-        loop {
-            let n = recv(self.sock.as_raw_fd(), &mut self.buf, MsgFlags::empty())
-                .map_err(io::Error::from)?;
-            for (ty, mseq, msg) in split(&self.buf[..n]) {
-                if mseq != seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = msg
-                            .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
-                            .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                            .unwrap_or(-libc::EIO);
-                        return if code == 0 {
-                            Ok(out)
-                        } else {
-                            Err(RtnlError::Kernel { errno: -code })
-                        };
-                    }
-                    _ => out.push((ty, msg.to_vec())),
-                }
-            }
-        }
+        Ok(self.sock.request(RtnlMessage::Route(msg), flags)?)
     }
 
     fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
@@ -435,13 +521,13 @@ impl Rtnl {
 
     fn links_matching(&mut self, msg: LinkMessage, flags: u16) -> Result<Vec<Link>> {
         let answers = self.exchange(RouteNetlinkMessage::GetLink(msg), flags)?;
-        let mut out = Vec::new();
-        for (_, m) in answers {
-            if let RouteNetlinkMessage::NewLink(l) = decode(&m)? {
-                out.push(parse_link(l));
-            }
-        }
-        Ok(out)
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RtnlMessage::Route(RouteNetlinkMessage::NewLink(l)) => Some(parse_link(l)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every link of this namespace.
@@ -601,21 +687,18 @@ impl Rtnl {
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
             NLM_F_DUMP,
         )?;
-        let mut out = Vec::new();
-        for (_, m) in answers {
-            if let RouteNetlinkMessage::NewAddress(a) = decode(&m)? {
-                out.extend(parse_addr(a));
-            }
-        }
-        Ok(out)
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RtnlMessage::Route(RouteNetlinkMessage::NewAddress(a)) => parse_addr(a),
+                _ => None,
+            })
+            .collect())
     }
 
     fn addr_msg(a: &Addr) -> AddressMessage {
         let mut m = AddressMessage::default();
-        m.header.family = match a.ip {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
+        m.header.family = ip_family(a.ip);
         m.header.prefix_len = a.prefix;
         m.header.index = a.index;
         m.attributes.push(AddressAttribute::Local(a.ip));
@@ -634,21 +717,80 @@ impl Rtnl {
         self.ack(RouteNetlinkMessage::DelAddress(Self::addr_msg(a)), 0)
     }
 
+    /// `ip addr add IP/PREFIX brd + dev DEV`: as [`Rtnl::add_addr`], and an IPv4
+    /// address with a prefix shorter than /31 gets its subnet's broadcast address.
+    pub fn add_addr_with_broadcast(&mut self, a: &Addr) -> Result<()> {
+        let mut m = Self::addr_msg(a);
+        if let Some(brd) = broadcast(a.ip, a.prefix) {
+            m.attributes.push(AddressAttribute::Broadcast(brd));
+        }
+        self.ack(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// The unicast routes of every table (IPv4 and IPv6).
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = family;
+            for answer in self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)? {
+                if let RtnlMessage::Route(RouteNetlinkMessage::NewRoute(r)) = answer
+                    && r.header.kind == RouteType::Unicast
+                {
+                    out.push(parse_route(r));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route add DST/PREFIX [via GW] [dev OIF] [metric PRIORITY] table TABLE proto
+    /// boot`: scope link without a gateway, universe with one.
+    pub fn add_route(&mut self, r: &Route) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = ip_family(r.dst);
+        m.header.destination_prefix_length = r.prefix;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = if r.gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        m.header.kind = RouteType::Unicast;
+        m.header.table = u8::try_from(r.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        m.attributes.push(RouteAttribute::Table(r.table));
+        if r.prefix > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(r.dst)));
+        }
+        if let Some(gw) = r.gw {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        if let Some(oif) = r.oif {
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(p) = r.priority {
+            m.attributes.push(RouteAttribute::Priority(p));
+        }
+        self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
     /// Multicast groups joined on every interface (IPv4 and IPv6).
     pub fn mcasts(&mut self) -> Result<Vec<Mcast>> {
         let mut out = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            self.seq = self.seq.wrapping_add(1);
-            let mut req = [0u8; NLMSG_HDRLEN + 8];
-            req[0..4].copy_from_slice(&((NLMSG_HDRLEN + 8) as u32).to_ne_bytes());
-            req[4..6].copy_from_slice(&RTM_GETMULTICAST.to_ne_bytes());
-            req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-            req[8..12].copy_from_slice(&self.seq.to_ne_bytes());
-            req[NLMSG_HDRLEN] = family;
-            self.sock.send(&req, 0)?;
-            let seq = self.seq;
-            for (_, m) in self.collect(seq)? {
-                out.extend(parse_mcast(&m));
+            let req = RtnlMessage::Mcast {
+                message_type: RTM_GETMULTICAST,
+                family,
+                index: 0,
+                group: None,
+            };
+            for m in self.sock.request(req, NLM_F_DUMP)? {
+                out.extend(mcast_of(m).map(|(_, m)| m));
             }
         }
         Ok(out)
@@ -707,8 +849,8 @@ impl Rtnl {
     pub fn nsid_of(&mut self, ns: &NetNs) -> Result<Option<i32>> {
         let mut m = NsidMessage::default();
         m.attributes.push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
-        for (_, raw) in self.exchange(RouteNetlinkMessage::GetNsId(m), 0)? {
-            if let RouteNetlinkMessage::NewNsId(r) = decode(&raw)? {
+        for answer in self.exchange(RouteNetlinkMessage::GetNsId(m), 0)? {
+            if let RtnlMessage::Route(RouteNetlinkMessage::NewNsId(r)) = answer {
                 for a in r.attributes {
                     if let NsidAttribute::Id(id) = a {
                         return Ok((id >= 0).then_some(id));
@@ -724,20 +866,21 @@ impl Rtnl {
 /// namespace and of every namespace that has an id in it, each tagged with that id.
 #[derive(Debug)]
 pub struct Monitor {
-    sock: Socket,
+    sock: Socket<Rtnetlink>,
     buf: Vec<u8>,
 }
 
 impl Monitor {
     /// A monitor in the calling thread's namespace.
     pub fn new() -> io::Result<Self> {
-        let sock = open_socket()?;
+        let sock = Socket::open()?;
+        let inner = sock.inner();
         for g in GROUPS {
-            sock.add_membership(g)?;
+            inner.add_membership(g)?;
         }
-        sock.set_listen_all_namespaces(true)?;
-        sock.set_non_blocking(true)?;
-        let _ = sock.set_rx_buf_sz(4 << 20);
+        inner.set_listen_all_namespaces(true)?;
+        inner.set_non_blocking(true)?;
+        let _ = inner.set_rx_buf_sz(4 << 20);
         debug_assert_eq!(SOL_NETLINK, libc::SOL_NETLINK);
         Ok(Self {
             sock,
@@ -787,8 +930,9 @@ impl Monitor {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-            for (ty, _, msg) in split(&self.buf[..n]) {
-                if let Some(ev) = to_event(ty, msg) {
+            // A message that does not decode is not an event ipvlan-rs knows.
+            for frame in frames(&self.buf[..n]).map_while(|f| f.ok()) {
+                if let Some(ev) = frame.decode().ok().and_then(to_event) {
                     out.push((nsid, ev));
                 }
             }
@@ -809,6 +953,17 @@ pub const ARPHRD_ETHER: u16 = libc::ARPHRD_ETHER;
 mod tests {
     use super::*;
 
+    use crate::netlink::{NLMSG_HDRLEN, encode};
+    use netlink_packet_core::{NLM_F_MULTIPART, NLM_F_REQUEST};
+
+    fn decode_one(bytes: &[u8]) -> RtnlMessage {
+        let f: Vec<_> = frames(bytes)
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(f.len(), 1);
+        f[0].decode().unwrap()
+    }
+
     #[test]
     fn parses_an_ipv6_multicast_message() {
         let mut m = vec![0u8; NLMSG_HDRLEN];
@@ -820,21 +975,118 @@ mod tests {
         m.extend_from_slice(&g.octets());
         let len = m.len() as u32;
         m[0..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&RTM_NEWMULTICAST.to_ne_bytes());
+        let msg = decode_one(&m);
         assert_eq!(
-            parse_mcast(&m),
-            Some(Mcast {
+            to_event(msg.clone()),
+            Some(Event::NewMcast(Mcast {
                 index: 7,
                 group: IpAddr::V6(g)
-            })
+            }))
         );
-        assert_eq!(parse_mcast(&m[..m.len() - 1]), None);
+        // Encoded here, it decodes to the same message.
+        assert_eq!(decode_one(&encode(msg.clone(), 0, 0)), msg);
+        assert!(frames(&m[..m.len() - 1]).next().unwrap().is_err());
+        // A group of the wrong length for its family is no message.
+        m[NLMSG_HDRLEN] = libc::AF_INET as u8;
+        assert!(
+            frames(&m)
+                .next()
+                .unwrap()
+                .unwrap()
+                .decode::<RtnlMessage>()
+                .is_err()
+        );
     }
 
     #[test]
-    fn split_stops_at_a_bad_length() {
-        let mut two = vec![0u8; 32];
-        two[0..4].copy_from_slice(&16u32.to_ne_bytes());
-        two[16..20].copy_from_slice(&99u32.to_ne_bytes());
-        assert_eq!(split(&two).count(), 1);
+    fn a_multicast_dump_request_is_an_ifaddrmsg() {
+        let req = RtnlMessage::Mcast {
+            message_type: RTM_GETMULTICAST,
+            family: libc::AF_INET6 as u8,
+            index: 0,
+            group: None,
+        };
+        let bytes = encode(req.clone(), NLM_F_REQUEST | NLM_F_DUMP, 3);
+        assert_eq!(bytes.len(), NLMSG_HDRLEN + IFADDRMSG_LEN);
+        assert_eq!(bytes[NLMSG_HDRLEN], libc::AF_INET6 as u8);
+        assert_eq!(decode_one(&bytes), req);
+    }
+
+    #[test]
+    fn links_routes_and_addresses_round_trip() {
+        let mut l = link_msg(4);
+        l.attributes = vec![
+            LinkAttribute::IfName("ipvl0".into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::LinkNetNsId(3),
+        ];
+        let bytes = encode(
+            RtnlMessage::Route(RouteNetlinkMessage::NewLink(l)),
+            NLM_F_MULTIPART,
+            1,
+        );
+        let RtnlMessage::Route(RouteNetlinkMessage::NewLink(l)) = decode_one(&bytes) else {
+            panic!("not a link")
+        };
+        let link = parse_link(l);
+        assert_eq!(
+            (link.index, link.name.as_str(), link.mac, link.mtu),
+            (4, "ipvl0", Some([2, 0, 0, 0, 0, 1]), 1500)
+        );
+        assert_eq!(link.link_netnsid, Some(3));
+
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.destination_prefix_length = 24;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.kind = RouteType::Unicast;
+        r.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet("10.1.2.0".parse().unwrap())),
+            RouteAttribute::Gateway(RouteAddress::Inet("10.1.2.1".parse().unwrap())),
+            RouteAttribute::Oif(4),
+            RouteAttribute::Priority(100),
+        ];
+        let bytes = encode(RtnlMessage::Route(RouteNetlinkMessage::NewRoute(r)), 0, 2);
+        let RtnlMessage::Route(RouteNetlinkMessage::NewRoute(r)) = decode_one(&bytes) else {
+            panic!("not a route")
+        };
+        assert_eq!(
+            parse_route(r),
+            Route {
+                dst: "10.1.2.0".parse().unwrap(),
+                prefix: 24,
+                gw: Some("10.1.2.1".parse().unwrap()),
+                oif: Some(4),
+                table: RT_TABLE_MAIN,
+                priority: Some(100),
+            }
+        );
+
+        let a = Addr {
+            index: 4,
+            ip: "10.1.2.3".parse().unwrap(),
+            prefix: 24,
+        };
+        let bytes = encode(
+            RtnlMessage::Route(RouteNetlinkMessage::NewAddress(Rtnl::addr_msg(&a))),
+            0,
+            3,
+        );
+        assert_eq!(to_event(decode_one(&bytes)), Some(Event::NewAddr(a)));
+    }
+
+    #[test]
+    fn broadcast_only_for_ipv4_subnets_that_have_one() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            broadcast(v4("10.1.2.3"), 24),
+            Some("10.1.2.255".parse().unwrap())
+        );
+        assert_eq!(broadcast(v4("10.1.2.3"), 0), Some(Ipv4Addr::BROADCAST));
+        assert_eq!(broadcast(v4("10.1.2.3"), 31), None);
+        assert_eq!(broadcast(v4("10.1.2.3"), 32), None);
+        assert_eq!(broadcast(v4("fd00::1"), 64), None);
     }
 }
