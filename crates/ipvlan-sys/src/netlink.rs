@@ -533,6 +533,41 @@ mod tests {
         assert!(f[2].decode::<NfMessage>().is_err());
     }
 
+    /// Against the kernel, read-only (a link dump needs no privilege): the dump ends at
+    /// its DONE, a refusal is its errno, and answers to an abandoned request are skipped.
+    #[test]
+    fn requests_against_the_kernel() {
+        use crate::rtnl::RtnlMessage;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::link::LinkMessage;
+
+        let get_links = || RtnlMessage::Route(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+        let is_lo = |m: &RtnlMessage| matches!(m, RtnlMessage::Route(RouteNetlinkMessage::NewLink(l)) if l.header.index == 1);
+        let mut sock = Socket::<Rtnetlink>::open().unwrap();
+        let links = sock.request(get_links(), NLM_F_DUMP).unwrap();
+        assert!(links.iter().any(is_lo), "{links:?}");
+
+        let refuse = || {
+            let mut missing = LinkMessage::default();
+            missing.header.index = 0x7fff_fff0;
+            RtnlMessage::Route(RouteNetlinkMessage::GetLink(missing))
+        };
+        let refused = sock.request(refuse(), NLM_F_ACK).unwrap_err();
+        assert!(matches!(refused, Error::Kernel { errno } if errno == libc::ENODEV));
+
+        // (A dump cannot be abandoned: the kernel refuses the next one with EBUSY.)
+        let mut lo = LinkMessage::default();
+        lo.header.index = 1;
+        let abandoned = RtnlMessage::Route(RouteNetlinkMessage::GetLink(lo));
+        sock.send(abandoned, NLM_F_ACK, sock.seq.wrapping_add(100))
+            .unwrap();
+        let again = sock.request(get_links(), NLM_F_DUMP).unwrap();
+        assert_eq!(again.iter().filter(|m| is_lo(m)).count(), 1);
+        // Nothing of either dump is left to be taken for the next request's answer.
+        let refused = sock.request(refuse(), NLM_F_ACK).unwrap_err();
+        assert!(matches!(refused, Error::Kernel { errno } if errno == libc::ENODEV));
+    }
+
     #[test]
     fn a_bad_length_is_an_error_and_ends_the_datagram() {
         let mut two = message(NLMSG_NOOP, 0, 0, &[]);
