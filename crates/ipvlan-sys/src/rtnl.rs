@@ -380,7 +380,8 @@ fn parse_addr(msg: AddressMessage) -> Option<Addr> {
 }
 
 /// Parses the body of an `RTM_*MULTICAST` message: (family, interface, group). The
-/// group is `None` when the message carries no `IFA_MULTICAST` (a request).
+/// group is `None` when the message carries no `IFA_MULTICAST` (a request) or one that
+/// is no address of the family.
 fn parse_mcast(body: &[u8]) -> Option<(u8, u32, Option<IpAddr>)> {
     let family = *body.first()?;
     let index = u32::from_ne_bytes(body.get(4..8)?.try_into().ok()?);
@@ -389,7 +390,7 @@ fn parse_mcast(body: &[u8]) -> Option<(u8, u32, Option<IpAddr>)> {
             let group = match (i32::from(family), val.len()) {
                 (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(val).ok()?)),
                 (libc::AF_INET6, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(val).ok()?)),
-                _ => return None,
+                _ => return Some((family, index, None)),
             };
             return Some((family, index, Some(group)));
         }
@@ -987,10 +988,15 @@ mod tests {
         // Encoded here, it decodes to the same message.
         assert_eq!(decode_one(&encode(msg.clone(), 0, 0)), msg);
         assert!(frames(&m[..m.len() - 1]).next().unwrap().is_err());
-        // A group of the wrong length for its family is no message.
+        // A group of the wrong length for its family is no event.
         m[NLMSG_HDRLEN] = libc::AF_INET as u8;
+        assert_eq!(to_event(decode_one(&m)), None);
+        // A message too short for its ifaddrmsg does not decode.
+        let mut short = m[..NLMSG_HDRLEN + 4].to_vec();
+        let len = short.len() as u32;
+        short[0..4].copy_from_slice(&len.to_ne_bytes());
         assert!(
-            frames(&m)
+            frames(&short)
                 .next()
                 .unwrap()
                 .unwrap()
