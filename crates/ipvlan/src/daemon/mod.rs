@@ -1,10 +1,11 @@
 //! The daemon: one process serving every master in every namespace.
 //!
 //! It owns the ports (one per master, keyed by the master's namespace and ifindex),
-//! learns slave addresses from rtnetlink events the kernel's way, keeps the user
-//! backend and its guard in step with every change, and answers the CLI on a Unix
-//! socket. Everything runs on one control thread; each port's frames are switched on
-//! that port's own thread (see `ipvlan_datapath::user`).
+//! learns slave addresses from rtnetlink events the kernel's way, hands every change
+//! to the port's datapath (`ipvlan_datapath::kernel::Datapath`: its switching thread,
+//! nft tables and fast path), and answers the CLI on a Unix socket. Everything runs on
+//! one control thread; each port's frames are switched on that port's own thread (see
+//! `ipvlan_datapath::user`).
 //!
 //! Where a slave is: the slave end of a veth pair can be moved to any namespace; its
 //! host end stays beside the master. The host end's `IFLA_LINK` and
