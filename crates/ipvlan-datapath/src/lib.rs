@@ -1,14 +1,17 @@
 //! The backends that carry out the port core's decisions.
 //!
 //! The core (`ipvlan-core`) decides what happens to every frame; a backend moves the
-//! frames. [`user`] is the user-space backend: AF_PACKET sockets on the master and on
-//! every slave's host end, one switching thread per port. Both the daemon and the
-//! backends speak in [`Plan`]s: an immutable picture of the port (its snapshot and the
-//! sockets of its slaves) swapped in atomically whenever the port changes, so the
-//! switching thread reads it without locks.
+//! frames. [`kernel`] is the kernel backend (the compiled nftables program and BPF fast
+//! path, applied, kept in step and restored) and the per-port [`kernel::Datapath`] the
+//! daemon drives, whichever backend a port has. [`user`] is the user-space backend:
+//! AF_PACKET sockets on the master and on every slave's host end, one switching thread
+//! per port. The datapath and the switching threads speak in [`Plan`]s: an immutable
+//! picture of the port (its snapshot and the sockets of its slaves) swapped in
+//! atomically whenever the port changes, so the switching thread reads it without locks.
 
 pub mod counters;
 pub mod guard;
+pub mod kernel;
 pub mod user;
 
 use std::sync::Arc;

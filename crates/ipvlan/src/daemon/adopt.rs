@@ -125,7 +125,7 @@ impl Daemon {
                 continue;
             }
             let w = &self.watched[&ns.key()];
-            let kind = self.ports[pi].kind;
+            let kind = self.ports[pi].datapath.kind();
             let sock = w
                 .ns
                 .run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false, ids.len())))??;

@@ -579,7 +579,7 @@ impl Daemon {
             let _ = nft::apply(&w.ns, &guard::teardown(self.ports[pi].master_index));
         }
         self.watch(&new_ns)?;
-        let kind = self.ports[pi].kind;
+        let kind = self.ports[pi].datapath.kind();
         let w = self.watched.get_mut(&new_ns.key()).expect("just watched");
         let master = w
             .rtnl
@@ -614,20 +614,24 @@ impl Daemon {
             found.push((*id, host.index, sock));
         }
         let p = &mut self.ports[pi];
-        p.backend = UserBackend::start(
-            master_sock.clone(),
-            Some(raw),
-            Plan::new(p.port.snapshot(), vec![], None, false),
+        // A new datapath: the old one's tables are gone with the old namespace's, its
+        // programs moved away with the devices.
+        let at_master = kernel::Master {
+            index,
+            name: master.name.clone(),
+            sock: master_sock,
+            raw: Some(raw),
+        };
+        p.datapath = Datapath::start(
+            kind,
+            self.fast_path,
+            at_master,
+            p.port.snapshot(),
             self.busy_poll,
         )?;
-        p.master_sock = master_sock;
-        p.filtered_for = None;
         p.ns = new_ns.key();
         p.master_index = index;
         p.master_name = master.name.clone();
-        p.prog = None;
-        p.l3s_prog = None;
-        p.fast = None;
         for (id, h, sock) in found {
             if let Some(rec) = p.slaves.get_mut(&id) {
                 rec.host_index = h;

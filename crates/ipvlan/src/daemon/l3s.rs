@@ -85,7 +85,7 @@ impl Daemon {
     }
 
     pub(super) fn leave_l3s(&mut self, pi: usize) {
-        self.ports[pi].l3s_prog = None;
+        self.ports[pi].datapath.forget_l3s_table();
         if let Some(l) = self.ports[pi].l3s.take() {
             let key = self.ports[pi].ns;
             let table = guard::l3s_table_name(self.ports[pi].master_index);

@@ -1,10 +1,11 @@
 //! The daemon: one process serving every master in every namespace.
 //!
 //! It owns the ports (one per master, keyed by the master's namespace and ifindex),
-//! learns slave addresses from rtnetlink events the kernel's way, keeps the user
-//! backend and its guard in step with every change, and answers the CLI on a Unix
-//! socket. Everything runs on one control thread; each port's frames are switched on
-//! that port's own thread (see `ipvlan_datapath::user`).
+//! learns slave addresses from rtnetlink events the kernel's way, hands every change
+//! to the port's datapath (`ipvlan_datapath::kernel::Datapath`: its switching thread,
+//! nft tables and fast path), and answers the CLI on a Unix socket. Everything runs on
+//! one control thread; each port's frames are switched on that port's own thread (see
+//! `ipvlan_datapath::user`).
 //!
 //! Where a slave is: the slave end of a veth pair can be moved to any namespace; its
 //! host end stays beside the master. The host end's `IFLA_LINK` and
@@ -24,10 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipvlan_core::nftprog::Program;
-use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, compile, ip_multicast_mac};
-use ipvlan_datapath::user::UserBackend;
-use ipvlan_datapath::{Backend, EGRESS_MARK, Plan, PlanSlave, SlaveCounters, guard};
+use ipvlan_core::{Flags, MacAddr, Mode, Port, PortError, SlaveId, ip_multicast_mac};
+use ipvlan_datapath::kernel::{self, At, Datapath, HostEnd, L3sQueue, PortInput, ProgramDrops};
+use ipvlan_datapath::{Backend, EGRESS_MARK, SlaveCounters, guard};
 use ipvlan_sys::netns::{all_namespaces, named_namespaces};
 use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::PacketSocket;
@@ -44,28 +44,15 @@ use ipvlan::proto::{self, Notice, PortArgs, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
-mod fast;
 mod hostend;
 mod l3s;
 mod metrics;
-mod tables;
 
 pub use adopt::Mark;
 pub use metrics::MetricsListener;
 
 const LISTENER: Token = Token(0);
 const METRICS: Token = Token(usize::MAX);
-/// nft changes are applied once the daemon has been quiet this long...
-const NFT_QUIET: Duration = Duration::from_millis(30);
-/// ...or at the latest this long after the first of them.
-const NFT_MAX_DELAY: Duration = Duration::from_secs(1);
-/// The same for changes that only remove: slaves deleted (their chains hook devices
-/// that are gone, their addresses are out of the fast path's maps at once), so a
-/// stream of deletions costs an nft run every few seconds, not one each.
-const NFT_REMOVAL_QUIET: Duration = Duration::from_secs(1);
-const NFT_REMOVAL_MAX_DELAY: Duration = Duration::from_secs(5);
-/// How often the ports' nft tables are checked for.
-const TABLE_CHECK: Duration = Duration::from_secs(2);
 /// First NFQUEUE number used for L3S ports.
 const L3S_QUEUE_BASE: u16 = 17_000;
 /// The interface alias that marks a host end as ours.
@@ -123,9 +110,6 @@ struct SlaveRec {
     flags: u32,
 }
 
-/// Frames the kernel backend's program dropped for one slave, by reason.
-type ProgramDrops = (SlaveId, ipvlan_datapath::DropKind, u64);
-
 /// What a port in L3S mode has set up in its master's namespace.
 struct L3s {
     num: u16,
@@ -161,33 +145,16 @@ struct PortRec {
     master_name: String,
     port: Port,
     slaves: BTreeMap<SlaveId, SlaveRec>,
-    backend: UserBackend,
-    /// Which backend switches this port's unicast.
-    kind: Backend,
-    master_sock: Arc<PacketSocket>,
-    /// The mode the packet sockets' filters were last set for.
-    filtered_for: Option<Mode>,
+    /// The switching thread, the nft tables and the fast path (see
+    /// `ipvlan_datapath::kernel`).
+    datapath: Datapath,
     /// The mode and flags last written into the host ends' aliases.
     marked: Option<Settings>,
-    /// The nft programs last applied: the guard or the kernel backend's program, and
-    /// the L3S table.
-    prog: Option<Program>,
-    l3s_prog: Option<Program>,
-    /// Programs computed but not applied yet (coalesced, see `Daemon::flush_nft`).
-    pending: Option<(Program, Option<Program>)>,
-    /// What the kernel lists for the applied tables, and the ruleset generation our
-    /// last apply made (see `tables`).
-    listed: tables::Listed,
     /// The master was up with carrier at the last look.
     master_running: bool,
     /// Present while the port is in L3S mode.
     l3s: Option<L3s>,
     master_mtu: u32,
-    /// The kernel backend's BPF fast path (see `fast`); `None` where it could not be
-    /// set up, and until the first publish.
-    fast: Option<fast::FastPath>,
-    /// Setting up the fast path failed once: the port runs on nftables alone.
-    fast_failed: bool,
 }
 
 /// A master namespace the daemon watches.
@@ -199,7 +166,18 @@ struct Watched {
     /// Where namespaces with an id here were last found.
     nsid_paths: HashMap<i32, PathBuf>,
     /// The namespace's nftables generation, as the table check follows it.
-    nft_gen: tables::Gen,
+    nft_gen: kernel::Gen,
+}
+
+impl Watched {
+    /// Where the datapaths of this namespace's ports work.
+    fn at(&mut self) -> At<'_> {
+        At {
+            ns: &self.ns,
+            rtnl: &mut self.rtnl,
+            generation: &mut self.nft_gen,
+        }
+    }
 }
 
 pub struct Daemon {
@@ -219,15 +197,7 @@ pub struct Daemon {
     busy_poll: std::time::Duration,
     /// This daemon's identity in the marks it leaves on host ends.
     owner: String,
-    /// When the oldest unapplied nft change was made, and the latest.
-    nft_since: Option<std::time::Instant>,
-    nft_last: std::time::Instant,
-    /// Every coalesced change since `nft_since` only removes (see
-    /// `NFT_REMOVAL_QUIET`).
-    nft_removals_only: bool,
-    /// When an nft run last ended.
-    nft_applied: std::time::Instant,
-    /// When the ports' nft tables were last checked (see `restore_tables`).
+    /// When the ports' nft tables were last checked (see `check_tables`).
     checked_tables: std::time::Instant,
 }
 
@@ -374,10 +344,6 @@ impl Daemon {
             fast_path: true,
             busy_poll: std::time::Duration::ZERO,
             owner: Mark::owner_of(socket),
-            nft_since: None,
-            nft_last: std::time::Instant::now(),
-            nft_removals_only: false,
-            nft_applied: std::time::Instant::now(),
             checked_tables: std::time::Instant::now(),
         })
     }
@@ -404,8 +370,8 @@ impl Daemon {
     pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(64);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let timeout = if self.nft_since.is_some() {
-                NFT_QUIET
+            let timeout = if self.ports.iter().any(|p| p.datapath.waiting()) {
+                kernel::NFT_QUIET
             } else {
                 Duration::from_millis(500)
             };
@@ -430,14 +396,37 @@ impl Daemon {
                     self.drain_monitor(key);
                 }
             }
-            self.flush_nft(false);
-            if self.checked_tables.elapsed() >= TABLE_CHECK {
+            self.tick(false);
+            if self.checked_tables.elapsed() >= kernel::TABLE_CHECK {
                 self.checked_tables = std::time::Instant::now();
-                self.restore_tables();
+                self.check_tables();
             }
         }
-        self.flush_nft(true);
+        self.tick(true);
         Ok(())
+    }
+
+    /// Lets every port's datapath apply its held-back changes (all of them, `force`).
+    fn tick(&mut self, force: bool) {
+        let now = std::time::Instant::now();
+        for p in &mut self.ports {
+            if let Some(w) = self.watched.get_mut(&p.ns) {
+                p.datapath.tick(&mut w.at(), now, force);
+            }
+        }
+    }
+
+    /// Puts back the ports' nft tables that were removed or changed from outside.
+    fn check_tables(&mut self) {
+        for (key, w) in &mut self.watched {
+            let mut ports: Vec<&mut Datapath> = self
+                .ports
+                .iter_mut()
+                .filter(|p| p.ns == *key)
+                .map(|p| &mut p.datapath)
+                .collect();
+            kernel::restore_tables(&mut w.at(), &mut ports);
+        }
     }
 
     fn accept_all(&mut self) {
@@ -628,7 +617,7 @@ impl Daemon {
         let spec_mtu = mtu.unwrap_or(p.master_mtu);
         let host_name = host_end_name(master_index, id.0);
         let here = caller.key() == pns;
-        let port_kind = p.kind;
+        let port_kind = p.datapath.kind();
         let slaves_before = p.slaves.len();
         let mark = Mark {
             owner: self.owner.clone(),
@@ -767,10 +756,17 @@ impl Daemon {
             Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, kind.ring_slots(true, 0)))??);
         let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
         let port = Port::new(m.mac.expect("checked by the caller"));
-        let backend = UserBackend::start(
-            master_sock.clone(),
-            Some(raw),
-            Plan::new(port.snapshot(), vec![], None, false),
+        let master = kernel::Master {
+            index: m.index,
+            name: m.name.clone(),
+            sock: master_sock,
+            raw: Some(raw),
+        };
+        let datapath = Datapath::start(
+            kind,
+            self.fast_path,
+            master,
+            port.snapshot(),
             self.busy_poll,
         )?;
         self.ports.push(PortRec {
@@ -779,20 +775,11 @@ impl Daemon {
             master_name: m.name.clone(),
             port,
             slaves: BTreeMap::new(),
-            backend,
-            kind,
-            master_sock,
-            filtered_for: None,
+            datapath,
             marked: None,
-            prog: None,
-            l3s_prog: None,
-            pending: None,
-            listed: Default::default(),
             master_running: m.flags & (IFF_UP | IFF_LOWER_UP) == IFF_UP | IFF_LOWER_UP,
             l3s: None,
             master_mtu: m.mtu,
-            fast: None,
-            fast_failed: false,
         });
         Ok(self.ports.len() - 1)
     }
@@ -818,7 +805,7 @@ impl Daemon {
                 monitor,
                 token,
                 nsid_paths: HashMap::new(),
-                nft_gen: tables::Gen::open(ns),
+                nft_gen: kernel::Gen::open(ns),
             },
         );
         Ok(())
@@ -826,16 +813,10 @@ impl Daemon {
 
     fn destroy_port(&mut self, pi: usize) {
         self.leave_l3s(pi);
-        let mut p = self.ports.remove(pi);
+        let p = self.ports.remove(pi);
         if let Some(w) = self.watched.get_mut(&p.ns) {
-            if let Some(f) = p.fast.take() {
-                f.remove(&w.ns, &mut w.rtnl, p.master_index);
-            }
-            if let Err(e) = nft::apply(&w.ns, &guard::teardown(p.master_index)) {
-                tracing::warn!("removing the guard of {}: {e}", p.master_name);
-            }
+            p.datapath.remove(&mut w.at());
         }
-        drop(p.backend);
         if !self.ports.iter().any(|q| q.ns == p.ns) {
             self.unwatch(p.ns);
         }
@@ -1039,8 +1020,8 @@ impl Daemon {
                         }
                         c
                     },
-                    backend: self.ports[pi].kind.as_str().to_string(),
-                    fast_path: self.ports[pi].fast.as_ref().is_some_and(|f| f.active()),
+                    backend: self.ports[pi].datapath.kind().as_str().to_string(),
+                    fast_path: self.ports[pi].datapath.fast_path_active(),
                 });
             }
         }
@@ -1054,8 +1035,7 @@ impl Daemon {
         pi: usize,
     ) -> (HashMap<u32, ipvlan_sys::rtnl::LinkStats>, Vec<ProgramDrops>) {
         let p = &self.ports[pi];
-        let (key, kind, table) = (p.ns, p.kind, guard::table_name(p.master_index));
-        let Some(w) = self.watched.get_mut(&key) else {
+        let Some(w) = self.watched.get_mut(&p.ns) else {
             return Default::default();
         };
         let stats = w
@@ -1065,31 +1045,7 @@ impl Daemon {
             .into_iter()
             .filter_map(|l| l.stats.map(|s| (l.index, s)))
             .collect();
-        let mut private = Vec::new();
-        if kind == Backend::Kernel
-            && let Ok(json) = nft::query(
-                &w.ns,
-                &["-j", "list", "counters", "table", "netdev", &table],
-            )
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
-        {
-            for item in v["nftables"].as_array().into_iter().flatten() {
-                let c = &item["counter"];
-                let Some((kind, id)) = c["name"].as_str().and_then(|n| n.split_once('_')) else {
-                    continue;
-                };
-                let kind = match kind {
-                    "private" => ipvlan_datapath::DropKind::Private,
-                    "spoof" => ipvlan_datapath::DropKind::Spoof,
-                    "guard" => ipvlan_datapath::DropKind::SourceGuard,
-                    _ => continue,
-                };
-                if let (Ok(id), Some(n)) = (id.parse(), c["packets"].as_u64()) {
-                    private.push((SlaveId(id), kind, n));
-                }
-            }
-        }
-        (stats, private)
+        (stats, p.datapath.program_drops(&w.ns))
     }
 
     // ---- where slaves are -----------------------------------------------------------
@@ -1106,246 +1062,67 @@ impl Daemon {
         });
     }
 
-    /// Hands the port's new state to its backend and its guard.
+    /// Hands the port's new state to its datapath, after writing it on the host ends.
     fn publish(&mut self, pi: usize) {
-        let p = &mut self.ports[pi];
-        let snap = p.port.snapshot();
-        let slaves = snap
-            .slaves
-            .iter()
-            .filter_map(|s| {
-                p.slaves.get(&s.id).map(|r| PlanSlave {
-                    id: s.id,
-                    sock: r.sock.clone(),
-                    counters: r.counters.clone(),
-                })
-            })
-            .collect();
-        let mut addrs: Vec<IpAddr> = snap.table.iter().map(|(ip, _)| ip).collect();
-        addrs.sort();
-        let mode = snap.mode;
-        let settings = Settings::of(&p.port);
-        if p.marked != Some(settings)
-            && let Some(w) = self.watched.get_mut(&p.ns)
-        {
-            // The port's state lives on its devices, for the next daemon (see `adopt`).
-            let mut ok = true;
-            for (&id, r) in &p.slaves {
-                let alias = Mark {
-                    owner: self.owner.clone(),
-                    slave: r.name.clone(),
-                    master_index: p.master_index,
-                    dev_id: id,
-                    mode,
-                    flags: snap.flags,
-                    source_guard: snap.source_guard,
-                }
-                .alias(&p.master_name);
-                let change = LinkChange {
-                    alias: Some(alias),
-                    ..Default::default()
-                };
-                ok &= w.rtnl.set_link(r.host_index, &change).is_ok();
-            }
-            if ok {
-                p.marked = Some(settings);
-            }
-        }
-        if p.filtered_for != Some(mode) {
-            let (master, hosts) = p.kind.filters(mode);
-            let mut res = p.master_sock.set_filter(master);
-            for r in p.slaves.values() {
-                res = res.and(r.sock.set_filter(hosts));
-            }
-            match res {
-                Ok(()) => p.filtered_for = Some(mode),
-                Err(e) => tracing::error!("socket filters for {}: {e}", p.master_name),
-            }
-        }
-        let ends: Vec<(SlaveId, String)> = p
-            .slaves
-            .iter()
-            .map(|(&id, r)| (id, r.host_name.clone()))
-            .collect();
-        let prog = match p.kind {
-            Backend::Kernel => compile::program(
-                &snap,
-                &guard::table_name(p.master_index),
-                &p.master_name,
-                &ends,
-            ),
-            Backend::User => guard::program(
-                p.master_index,
-                &p.master_name,
-                &ends,
-                addrs.iter().copied(),
-                p.l3s.is_some(),
-            ),
-        };
-        let l3s_prog = p
-            .l3s
-            .as_ref()
-            .map(|l| guard::l3s_program(p.master_index, &p.master_name, l.num, addrs));
-        let queue = p.l3s.as_ref().map(|l| l.queue.clone());
-        p.backend.update(Plan::new(
-            snap.clone(),
-            slaves,
-            queue,
-            p.kind == Backend::Kernel,
-        ));
-        self.sync_fast(pi, &snap);
-        let p = &mut self.ports[pi];
-        // Every `nft` run reads the table back, so a burst of slaves created or deleted
-        // costs one run instead of one each (see `flush_nft`).
-        // Coalesced: slaves added or removed (and the addresses that went with them), and
-        // addresses learned or forgotten while an nft run has just ended (a burst: 500
-        // slaves coming up learn 500 link-locals).
-        // At once: everything else, so that a lone new address, a mode or a flag takes
-        // effect before the request that made it is answered.
-        let burst = std::time::Instant::now() - self.nft_applied < NFT_QUIET;
-        let same_l3s = p.l3s_prog == l3s_prog;
-        let old = p.prog.as_ref();
-        let only_addresses =
-            burst && same_l3s && old.is_some_and(|o| prog.only_elements_differ_from(o));
-        let coalesce =
-            only_addresses || (same_l3s && old.is_some_and(|o| prog.only_parts_come_or_go_from(o)));
-        let removal = same_l3s && old.is_some_and(|o| prog.only_removes_from(o));
-        p.pending = Some((prog, l3s_prog));
-        if !coalesce {
-            self.apply_nft(pi);
-        } else {
-            let now = std::time::Instant::now();
-            if self.nft_since.is_none() {
-                self.nft_since = Some(now);
-                self.nft_removals_only = true;
-            }
-            self.nft_removals_only &= removal;
-            self.nft_last = now;
-        }
-    }
-
-    /// Brings the port's fast path in line with `snap` (see `fast`). A failure leaves
-    /// the port on its nftables program alone, which switches the same frames.
-    fn sync_fast(&mut self, pi: usize, snap: &ipvlan_core::PortSnapshot) {
+        self.mark_host_ends(pi);
         let p = &mut self.ports[pi];
         let Some(w) = self.watched.get_mut(&p.ns) else {
             return;
         };
-        if p.fast_failed {
-            return;
-        }
-        let ends: HashMap<SlaveId, fast::End> = p
+        let ends = p
             .slaves
             .iter()
-            .map(|(&id, r)| {
-                let away = r.loc.is_some_and(|l| l.nsid.is_some());
-                (
-                    id,
-                    fast::End {
-                        host_index: r.host_index,
-                        sock: r.sock.clone(),
-                        away,
-                    },
-                )
+            .map(|(&id, r)| HostEnd {
+                id,
+                index: r.host_index,
+                name: r.host_name.clone(),
+                sock: r.sock.clone(),
+                counters: r.counters.clone(),
+                away: r.loc.is_some_and(|l| l.nsid.is_some()),
             })
             .collect();
-        let on = p.kind == Backend::Kernel && self.fast_path;
-        if p.fast.as_ref().is_some_and(|f| f.on() != on) {
-            p.fast = None;
-        }
-        let res = match &mut p.fast {
-            Some(f) => f.sync(&w.ns, &mut w.rtnl, snap, p.master_index, &ends),
-            None => fast::FastPath::new(on).and_then(|mut f| {
-                let r = f.sync(&w.ns, &mut w.rtnl, snap, p.master_index, &ends);
-                p.fast = Some(f);
-                r
-            }),
-        };
-        if let Err(e) = res {
-            tracing::warn!(
-                "no BPF fast path for {} ({e}); its unicast is switched by nftables alone",
-                p.master_name
-            );
-            if let Some(f) = p.fast.take() {
-                f.remove(&w.ns, &mut w.rtnl, p.master_index);
-            }
-            // Host-end sockets may hold the fast path's socket filter: the backend's own.
-            let hosts = p.kind.filters(snap.mode).1;
-            for r in p.slaves.values() {
-                if let Err(e) = r.sock.set_filter(hosts) {
-                    tracing::error!("socket filter for {}: {e}", r.host_name);
-                }
-            }
-            p.fast_failed = true;
-        }
-    }
-
-    /// Applies coalesced nft changes once things are quiet for a moment, or at the
-    /// latest a second after the first of them.
-    fn flush_nft(&mut self, force: bool) {
-        let Some(since) = self.nft_since else {
-            return;
-        };
-        let now = std::time::Instant::now();
-        let (quiet, max) = if self.nft_removals_only {
-            (NFT_REMOVAL_QUIET, NFT_REMOVAL_MAX_DELAY)
-        } else {
-            (NFT_QUIET, NFT_MAX_DELAY)
-        };
-        if force || now - self.nft_last >= quiet || now - since >= max {
-            self.nft_since = None;
-            for pi in 0..self.ports.len() {
-                if self.ports[pi].pending.is_some() {
-                    self.apply_nft(pi);
-                }
-            }
-        }
-    }
-
-    /// Applies a port's pending programs: only what changed since the last applied
-    /// ones, or the whole tables if the update is refused (something else changed them).
-    fn apply_nft(&mut self, pi: usize) {
-        let p = &mut self.ports[pi];
-        let Some((prog, l3s_prog)) = p.pending.take() else {
-            return;
-        };
-        let mut script = prog.update_from(p.prog.as_ref()).unwrap_or_default();
-        if let Some(l) = &l3s_prog {
-            script += &l.update_from(p.l3s_prog.as_ref()).unwrap_or_default();
-        }
-        if script.is_empty() {
-            return;
-        }
-        let Some(w) = self.watched.get_mut(&p.ns) else {
-            return;
-        };
-        let before = w.nft_gen.get();
-        let applied = nft::apply(&w.ns, &script).or_else(|e| {
-            tracing::debug!("incremental nft update refused ({e}); replacing the tables");
-            let mut full = prog.full();
-            if let Some(l) = &l3s_prog {
-                full += &l.full();
-            }
-            nft::apply(&w.ns, &full)
+        let l3s = p.l3s.as_ref().map(|l| L3sQueue {
+            num: l.num,
+            queue: l.queue.clone(),
         });
-        self.nft_applied = std::time::Instant::now();
-        match applied {
-            Ok(()) => {
-                p.prog = Some(prog);
-                p.l3s_prog = l3s_prog;
-                p.listed = w.nft_gen.applied(before);
+        let input = PortInput {
+            snap: p.port.snapshot(),
+            ends,
+            l3s,
+        };
+        p.datapath.apply(&mut w.at(), input);
+    }
+
+    /// The port's state lives on its devices, for the next daemon (see `adopt`).
+    fn mark_host_ends(&mut self, pi: usize) {
+        let p = &mut self.ports[pi];
+        let settings = Settings::of(&p.port);
+        if p.marked == Some(settings) {
+            return;
+        }
+        let Some(w) = self.watched.get_mut(&p.ns) else {
+            return;
+        };
+        let mut ok = true;
+        for (&id, r) in &p.slaves {
+            let alias = Mark {
+                owner: self.owner.clone(),
+                slave: r.name.clone(),
+                master_index: p.master_index,
+                dev_id: id,
+                mode: settings.mode,
+                flags: settings.flags,
+                source_guard: settings.source_guard,
             }
-            Err(e) if p.kind == Backend::Kernel => {
-                tracing::error!(
-                    "the kernel backend cannot run here ({e}); port {} falls back to the user backend",
-                    p.master_name
-                );
-                p.kind = Backend::User;
-                p.filtered_for = None;
-                p.prog = None;
-                self.publish(pi);
-            }
-            Err(e) => tracing::error!("guard for {}: {e}", p.master_name),
+            .alias(&p.master_name);
+            let change = LinkChange {
+                alias: Some(alias),
+                ..Default::default()
+            };
+            ok &= w.rtnl.set_link(r.host_index, &change).is_ok();
+        }
+        if ok {
+            p.marked = Some(settings);
         }
     }
 }

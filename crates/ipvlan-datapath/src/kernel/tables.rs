@@ -2,7 +2,7 @@
 //!
 //! A table deleted or edited from outside (`nft delete table`, a rule added or deleted,
 //! a chain flushed, an element removed from a map, `nft flush ruleset`) is put back
-//! whole at the next check ([`super::TABLE_CHECK`]), and the log says so. The check
+//! whole at the next check ([`TABLE_CHECK`]), and the log says so. The check
 //! costs one netlink request per namespace while nothing changes: the namespace's
 //! nftables generation is compared with the one seen at the last check. Only when it
 //! moved are the port's tables listed (`nft -j list table`) and compared with the
@@ -19,14 +19,22 @@
 //! Where the generation cannot be read, every check lists the tables, and the first
 //! listing after an apply is taken as the reference.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
 
+use ipvlan_core::nftprog::Program;
+use ipvlan_sys::{NetNs, nft};
 use serde_json::Value;
 
-use super::*;
+use super::{At, Datapath};
+
+/// How often the ports' nft tables are checked for.
+pub const TABLE_CHECK: Duration = Duration::from_secs(2);
 
 /// A namespace's nftables generation, as the check follows it.
-pub(super) struct Gen {
+#[derive(Debug)]
+pub struct Gen {
     /// `None` if the kernel cannot be asked: every check then lists the tables.
     sock: Option<nft::Generation>,
     /// The generation at the last check.
@@ -45,7 +53,7 @@ pub(super) struct Listed {
 }
 
 impl Gen {
-    pub(super) fn open(ns: &NetNs) -> Self {
+    pub fn open(ns: &NetNs) -> Self {
         let sock = match ns.run(nft::Generation::open) {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) | Err(e) => {
@@ -157,83 +165,67 @@ fn listing(ns: &NetNs, progs: &[&Program]) -> Result<Option<u64>, String> {
     Ok(Some(h.finish()))
 }
 
-impl Daemon {
-    /// Puts back every port's nft tables that were removed or changed from outside
-    /// since the daemon applied them.
-    pub(super) fn restore_tables(&mut self) {
-        let keys: Vec<NsKey> = self.watched.keys().copied().collect();
-        for key in keys {
-            let w = self.watched.get_mut(&key).expect("a watched namespace");
-            let now = w.nft_gen.get();
-            if now.is_some() && now == w.nft_gen.checked {
-                continue;
+/// Puts back the nft tables of `ports` (the ports of the namespace `at` is in) that
+/// were removed or changed from outside since they were applied.
+pub fn restore_tables(at: &mut At<'_>, ports: &mut [&mut Datapath]) {
+    let now = at.generation.get();
+    if now.is_some() && now == at.generation.checked {
+        return;
+    }
+    let ours = std::mem::take(&mut at.generation.ours);
+    let ns = at.ns;
+    // (port, why, the digest before)
+    let mut redo = Vec::new();
+    let mut unlisted = false;
+    for (pi, p) in ports.iter_mut().enumerate() {
+        let progs: Vec<&Program> = p.nft.programs();
+        if progs.is_empty() {
+            continue;
+        }
+        match listing(ns, &progs) {
+            Err(e) => {
+                tracing::debug!("listing the tables of {}: {e}", p.master_name);
+                unlisted = true;
             }
-            let ours = std::mem::take(&mut w.nft_gen.ours);
-            let ns = &self.watched[&key].ns;
-            // (port, why, the digest before)
-            let mut redo = Vec::new();
-            let mut unlisted = false;
-            for (pi, p) in self.ports.iter_mut().enumerate() {
-                if p.ns != key {
-                    continue;
-                }
-                let progs: Vec<&Program> = p.prog.iter().chain(p.l3s_prog.iter()).collect();
-                if progs.is_empty() {
-                    continue;
-                }
-                match listing(ns, &progs) {
-                    Err(e) => {
-                        tracing::debug!("listing the tables of {}: {e}", p.master_name);
-                        unlisted = true;
+            Ok(None) => redo.push((pi, Redo::Removed, None)),
+            Ok(Some(d)) => match p.nft.listed.digest {
+                Some(r) if r == d => {}
+                Some(_) => redo.push((pi, Redo::Changed, Some(d))),
+                // Without generations to go by, the listing is trusted.
+                None => match (p.nft.listed.generation, now) {
+                    (Some(a), Some(n)) if !only_ours(a, n, &ours) => {
+                        redo.push((pi, Redo::Unvouched, Some(d)));
                     }
-                    Ok(None) => redo.push((pi, Redo::Removed, None)),
-                    Ok(Some(d)) => match p.listed.digest {
-                        Some(r) if r == d => {}
-                        Some(_) => redo.push((pi, Redo::Changed, Some(d))),
-                        // Without generations to go by, the listing is trusted.
-                        None => match (p.listed.generation, now) {
-                            (Some(a), Some(n)) if !only_ours(a, n, &ours) => {
-                                redo.push((pi, Redo::Unvouched, Some(d)));
-                            }
-                            _ => p.listed.digest = Some(d),
-                        },
-                    },
-                }
+                    _ => p.nft.listed.digest = Some(d),
+                },
+            },
+        }
+    }
+    // Not listed: looked at again at the next check.
+    at.generation.checked = if unlisted { None } else { now };
+    for (pi, why, before) in redo {
+        let master = &ports[pi].master_name;
+        match why {
+            Redo::Removed => {
+                tracing::warn!("the nft table of {master} was removed from outside; restoring it")
             }
-            // Not listed: looked at again at the next check.
-            self.watched
-                .get_mut(&key)
-                .expect("a watched namespace")
-                .nft_gen
-                .checked = if unlisted { None } else { now };
-            for (pi, why, before) in redo {
-                let master = &self.ports[pi].master_name;
-                match why {
-                    Redo::Removed => tracing::warn!(
-                        "the nft table of {master} was removed from outside; restoring it"
-                    ),
-                    Redo::Changed => tracing::warn!(
-                        "the nft table of {master} was changed from outside; restoring it"
-                    ),
-                    Redo::Unvouched => tracing::debug!(
-                        "the nft tables of {master} changed along with others since they were applied; applying them again"
-                    ),
-                }
-                let p = &mut self.ports[pi];
-                p.prog = None;
-                p.l3s_prog = None;
-                self.publish(pi);
-                if let Redo::Unvouched = why {
-                    let p = &self.ports[pi];
-                    let progs: Vec<&Program> = p.prog.iter().chain(p.l3s_prog.iter()).collect();
-                    let after = self.watched.get(&p.ns).map(|w| listing(&w.ns, &progs));
-                    if matches!(after, Some(Ok(Some(d))) if Some(d) != before) {
-                        tracing::warn!(
-                            "the nft table of {} was changed from outside; restored it",
-                            p.master_name
-                        );
-                    }
-                }
+            Redo::Changed => {
+                tracing::warn!("the nft table of {master} was changed from outside; restoring it")
+            }
+            Redo::Unvouched => tracing::debug!(
+                "the nft tables of {master} changed along with others since they were applied; applying them again"
+            ),
+        }
+        let p = &mut ports[pi];
+        p.nft.forget();
+        p.reapply(at);
+        if let Redo::Unvouched = why {
+            let after = listing(at.ns, &p.nft.programs());
+            if matches!(after, Ok(Some(d)) if Some(d) != before) {
+                tracing::warn!(
+                    "the nft table of {} was changed from outside; restored it",
+                    p.master_name
+                );
             }
         }
     }

@@ -16,9 +16,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::IpAddr;
 
+use crate::Backend;
 use ipvlan_core::fastpath::{self, Attach};
 use ipvlan_core::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
-use ipvlan_datapath::Backend;
 use ipvlan_sys::NetNs;
 use ipvlan_sys::bpf::{Map, Prog, tcx_ingress_named};
 use ipvlan_sys::packet::PacketSocket;
