@@ -6,8 +6,8 @@
 //! macvlan) has one. `bpf_redirect_peer` hands a frame from an ingress hook straight to
 //! the peer of a veth in another namespace, the slave end, without the second hop. On a
 //! host end, `bpf_redirect` hands what a slave sends to the wire straight to the
-//! master's egress (L2), and `bpf_redirect_neigh` routes what it sends out (L3/L3S
-//! egress, spec §4.2 step 3) in the master's namespace as the driver does: the route
+//! master's egress (L2), and `bpf_redirect_neigh` routes what it sends out (L3 egress,
+//! spec §4.2 step 3) in the master's namespace as the driver does: the route
 //! lookup with oif = master, `FLOWI_FLAG_ANYSRC`, mark and TOS; only unicast and local
 //! routes; neighbour resolution on the master; TTL unchanged; a route failure counted in
 //! the master's `tx_errors`. Such packets pass no netfilter hook of the master's
@@ -26,10 +26,14 @@
 //!   master not in L3S (its ingress must go through the master's namespace);
 //! * to the wire (L2, [`Spec`]): unicast to another MAC, or any unicast in `vepa`; not
 //!   with the source guard (its ports have no host-end program in L2);
-//! * routed (L3, L3S): IPv4 or IPv6 to an address that is no slave's (any, in `vepa`)
+//! * routed (L3; L3S egress must pass the master namespace's netfilter, so it stays
+//!   with the daemon): IPv4 or IPv6 to an address that is no slave's (any, in `vepa`)
 //!   and not the master namespace's own (the local map: every address of every device
 //!   there, `::1`; and 127.0.0.0/8), because `bpf_redirect_neigh` sends a local
-//!   destination out of the master with zero MACs; with the source guard, only from an
+//!   destination out of the master with zero MACs; nor what the master's namespace
+//!   routes as broadcast or multicast (the local map also holds the IPv4 subnets'
+//!   broadcast and network addresses; 224.0.0.0/3), which the kernel would refuse and
+//!   count only in the master's `tx_errors`, where the daemon counts it for the slave; with the source guard, only from an
 //!   address of the sending slave's own (the slaves' map, looked up by source);
 //! * an IPv4 header that passes the checks of spec §3 (version, IHL, total length) or an
 //!   IPv6 fixed header with version 6, in the linear part of the frame; not IPv6 ICMP
@@ -97,6 +101,7 @@ const END: u8 = 0xd0;
 const TO_BE: u8 = 0x08;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
+const JGE: u8 = 0x30;
 const JNE: u8 = 0x50;
 const JLT: u8 = 0xa0;
 const CALL: u8 = 0x80;
@@ -141,7 +146,7 @@ enum Label {
     Found,
     /// L2: both MACs are the master's.
     SameMac,
-    /// L3: the destination MAC is not the master's (the flag at [`DST_IS_MASTER`] stays 0).
+    /// L3/L3S: the destination MAC is not the master's (the flag at [`DST_IS_MASTER`] stays 0).
     DstOther,
     /// L3: the destination is no slave's; R7 the IP version.
     Route,
@@ -461,7 +466,8 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
     let l3 = spec.mode != Mode::L2;
     // Slave-to-slave unicast is forwarded (spec §4.1, §4.2): to the owner.
     let to_slaves = !host || (spec.flags == Flags::Bridge && !spec.source_guard);
-    let routes = host && l3;
+    // L3S egress must pass the master namespace's netfilter (spec §6): not here.
+    let routes = host && spec.mode == Mode::L3;
     // In vepa every unicast is routed, a slave's address too (§4.2 step 2).
     let lookup = !(routes && spec.flags == Flags::Vepa);
     let guard = routes && spec.source_guard;
@@ -538,9 +544,11 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
     a.jmp_reg(JGT, R8, R9, Label::Pass);
     a.key(acc, 30, 1, KEY4);
     if routes {
-        // 127.0.0.0/8 is local to every namespace.
+        // 127.0.0.0/8 is local to every namespace; multicast and the limited broadcast
+        // are refused by the route-type check, which the daemon counts for the slave.
         a.ld(acc, B, 30);
         a.jmp_imm(JEQ, R0, 127, Label::Pass);
+        a.jmp_imm(JGE, R0, 224, Label::Pass);
     }
     if guard {
         a.key(acc, 26, 1, SRC4);
@@ -816,6 +824,10 @@ mod tests {
             p.iter()
                 .any(|i| i.code == LDX | MEM | W && i.off == SKB_IFINDEX)
         );
+        // L3S: another slave only; its egress is the daemon's.
+        let p = program(HostEnd, &spec(Mode::L3s, Flags::Bridge, false), &MAPS);
+        assert_eq!(calls(&p), [HELPER_REDIRECT_PEER]);
+        assert_eq!(maps_named(&p), [3, 4]);
         // The socket filter takes the same frames without a helper.
         let f = socket_filter(&spec(Mode::L3, Flags::Bridge, false), &MAPS);
         assert!(calls(&f).is_empty());

@@ -21,14 +21,15 @@
 //! * frames whose destination MAC is unicast: `ToSlave(T)` comes out at `slvT` only,
 //!   `ToWire` at `wire` only, everything else (`Drop`, `ToMasterStack`, `Pass`) nowhere;
 //!   a `Drop(Private)` is counted in `private_N`, a `Drop(SourceGuard)` in `guard_N`;
-//! * `Route` (L3/L3S egress, spec §4.2 step 3) is the host end's program's, routed by
+//! * `Route` (L3 egress, spec §4.2 step 3; L3S's stays with userspace) is the host
+//!   end's program's, routed by
 //!   the kernel in the master's namespace (`eth0` holds 192.0.2.200/24 and
 //!   2001:db8:1::c8/64, routes everything else via a gateway on the wire, and has an
 //!   IPv6 blackhole): it comes out at `wire` as the namespace routes it (the gateway's
 //!   MAC, the IP packet unchanged) or is refused (counted in `eth0`'s `tx_errors`,
 //!   which a veth does not report); except what is left to userspace (nowhere, and the host-end socket
-//!   filter must copy it): destinations local to the master's namespace, ICMPv6 from
-//!   `::`, and sources the source guard lets through without owning them;
+//!   filter must copy it): destinations local to the master's namespace, what it routes
+//!   as broadcast or multicast (IPv4), ICMPv6 from `::`, and sources the source guard lets through without owning them;
 //! * frames whose destination MAC is a group address are userspace's (fan-out, and the
 //!   L3 ARP/DAD diversion of spec §5.3): the program delivers them nowhere, whatever
 //!   `decide()` says;
@@ -104,7 +105,8 @@ const UNKNOWN6: [u8; 16] = v6(0xfe);
 /// is [`O`]), and what it cannot route (spec §4.2 step 3).
 const LOCAL4: [u8; 4] = [192, 0, 2, 200];
 const GATEWAY4: &str = "192.0.2.254";
-/// Routed as broadcast in the master's namespace: the kernel refuses it.
+/// Routed as broadcast in the master's namespace (the kernel refuses it): in the local
+/// map, as the daemon puts it there.
 const BCAST4: [u8; 4] = [192, 0, 2, 255];
 const ELSEWHERE4: [u8; 4] = [198, 51, 100, 9];
 const LOCAL6: [u8; 16] = [
@@ -385,6 +387,7 @@ impl Rig {
         }
         let local = fastpath::LOCAL_VALUE;
         maps[2].set(&LOCAL4, &local).expect("map update");
+        maps[2].set(&BCAST4, &local).expect("map update");
         maps[3].set(&LOCAL6, &local).expect("map update");
         maps[3]
             .set(&std::net::Ipv6Addr::LOCALHOST.octets(), &local)
@@ -633,6 +636,9 @@ fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'s
     let Ingress::Slave(sender) = ingress else {
         return Err("route: not from a slave");
     };
+    if rig.snap.mode == Mode::L3s {
+        return Err("route: L3S, userspace");
+    }
     let owned_by_sender = |ip: IpAddr| rig.snap.table.owner(&ip) == Some(sender);
     match u16::from_be_bytes([frame[12], frame[13]]) {
         0x0800 => {
@@ -644,8 +650,8 @@ fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'s
             if dst[0] == 127 || dst == LOCAL4 {
                 return Err("route: local, userspace");
             }
-            if dst == BCAST4 || dst == [255; 4] {
-                return Ok(Routed::Refused);
+            if dst == BCAST4 || dst[0] >= 224 {
+                return Err("route: broadcast/multicast, userspace");
             }
             Ok(Routed::Wire)
         }

@@ -3,7 +3,8 @@
 //! direct-action `bpf` filter on their `clsact` ingress: deleting a device with a tcx
 //! attachment costs an RCU grace period, about 14 ms a slave), and the maps they
 //! read, kept in step with the port: the slaves' addresses, and the addresses of the
-//! master's namespace (which L3 egress must not route with `bpf_redirect_neigh`), read
+//! master's namespace and its IPv4 subnets' broadcast and network addresses (which
+//! L3 egress must not route with `bpf_redirect_neigh`, see `ipvlan_core::fastpath`), read
 //! again on every address event there ([`FastPath::local_addrs_changed`]). An address
 //! added while no daemon runs is missing from the local map until one starts.
 //!
@@ -241,12 +242,19 @@ impl FastPath {
         if !self.on {
             return Ok(());
         }
-        let mut now: HashSet<IpAddr> = rtnl
-            .addrs()
-            .map_err(io::Error::other)?
-            .into_iter()
-            .map(|a| a.ip)
-            .collect();
+        let mut now = HashSet::new();
+        for a in rtnl.addrs().map_err(io::Error::other)? {
+            now.insert(a.ip);
+            // The subnet's broadcast (and network) address is routed as broadcast.
+            if let IpAddr::V4(v4) = a.ip
+                && a.prefix <= 30
+            {
+                let mask = u32::MAX << (32 - a.prefix);
+                let net = u32::from(v4) & mask;
+                now.insert(IpAddr::V4(net.into()));
+                now.insert(IpAddr::V4((net | !mask).into()));
+            }
+        }
         now.insert(Ipv6Addr::LOCALHOST.into());
         for ip in now.difference(&self.locals) {
             let (map, key): (&Map, &[u8]) = match ip {
