@@ -19,9 +19,17 @@
 //! labour, see `ipvlan_datapath::Backend::filters` and the user backend's `switch`):
 //!
 //! * frames whose destination MAC is unicast: `ToSlave(T)` comes out at `slvT` only,
-//!   `ToWire` at `wire` only, everything else (`Drop`, `ToMasterStack`, `Pass`,
-//!   `Route`) nowhere; a `Drop(Private)` is counted in `private_N`, a
-//!   `Drop(SourceGuard)` in `guard_N`;
+//!   `ToWire` at `wire` only, everything else (`Drop`, `ToMasterStack`, `Pass`) nowhere;
+//!   a `Drop(Private)` is counted in `private_N`, a `Drop(SourceGuard)` in `guard_N`;
+//! * `Route` (L3 egress, spec §4.2 step 3; L3S's stays with userspace) is the host
+//!   end's program's, routed by
+//!   the kernel in the master's namespace (`eth0` holds 192.0.2.200/24 and
+//!   2001:db8:1::c8/64, routes everything else via a gateway on the wire, and has an
+//!   IPv6 blackhole): it comes out at `wire` as the namespace routes it (the gateway's
+//!   MAC, the IP packet unchanged) or is refused (counted in `eth0`'s `tx_errors`,
+//!   which a veth does not report); except what is left to userspace (nowhere, and the host-end socket
+//!   filter must copy it): destinations local to the master's namespace, what it routes
+//!   as broadcast or multicast (IPv4), ICMPv6 from `::`, and sources the source guard lets through without owning them;
 //! * frames whose destination MAC is a group address are userspace's (fan-out, and the
 //!   L3 ARP/DAD diversion of spec §5.3): the program delivers them nowhere, whatever
 //!   `decide()` says;
@@ -52,7 +60,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
-use ipvlan_core::fastpath::{self, Attach};
+use ipvlan_core::fastpath::{self, Attach, Maps, SlaveEntry, Spec};
 use ipvlan_core::{
     Decision, Flags, Ingress, MacAddr, McFilter, Mode, Port, PortSnapshot, SlaveId, compile, decide,
 };
@@ -92,6 +100,25 @@ const fn v6(last: u8) -> [u8; 16] {
 const UP: [bool; SLAVES] = [true, true, false];
 const UNKNOWN4: [u8; 4] = v4(254);
 const UNKNOWN6: [u8; 16] = v6(0xfe);
+
+/// The master namespace's own addresses (on `eth0`), its gateway on the wire (whose MAC
+/// is [`O`]), and what it cannot route (spec §4.2 step 3).
+const LOCAL4: [u8; 4] = [192, 0, 2, 200];
+const GATEWAY4: &str = "192.0.2.254";
+/// Routed as broadcast in the master's namespace (the kernel refuses it): in the local
+/// map, as the daemon puts it there.
+const BCAST4: [u8; 4] = [192, 0, 2, 255];
+const ELSEWHERE4: [u8; 4] = [198, 51, 100, 9];
+const LOCAL6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc8,
+];
+const GATEWAY6: &str = "2001:db8:1::fe";
+const UNROUTABLE6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0xde, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+const ELSEWHERE6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9,
+];
 
 fn require_root() {
     if !nix::unistd::geteuid().is_root() {
@@ -219,7 +246,7 @@ struct Rig {
     /// The fast path's programs and maps, when the port has one (kept open for the
     /// rig's life; the attachments go with the devices).
     fast: Vec<Prog>,
-    _maps: (Map, Map),
+    _maps: [Map; 4],
     /// In L3 and L3S with a host-end fast path: a packet socket on each host end with
     /// the kernel backend's socket filter, which copies to userspace all but what the
     /// fast path takes.
@@ -256,6 +283,58 @@ impl Rig {
             scratch.ip(&["link", "set", &format!("ivh{n}"), "up"]);
             ns.ip(&["link", "set", &format!("slv{n}"), "up"]);
         }
+        // The master's namespace routes L3 egress: everything via a gateway on the wire
+        // (a static neighbour, so nothing is resolved), its own addresses local, an
+        // IPv6 blackhole. IPv6 on eth0 only, without link-local, DAD or RAs.
+        let o = mac_str(&O);
+        scratch.ip(&["addr", "add", "192.0.2.200/24", "dev", "eth0"]);
+        scratch.ip(&["route", "add", "default", "via", GATEWAY4]);
+        scratch.ip(&[
+            "neigh",
+            "add",
+            GATEWAY4,
+            "lladdr",
+            &o,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        for (key, value) in [
+            ("addr_gen_mode", "1"),
+            ("accept_dad", "0"),
+            ("accept_ra", "0"),
+            ("disable_ipv6", "0"),
+        ] {
+            scratch.sysctl(&format!("net.ipv6.conf.eth0.{key}"), value);
+        }
+        scratch.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::c8/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        scratch.ip(&[
+            "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0",
+        ]);
+        scratch.ip(&[
+            "-6",
+            "neigh",
+            "add",
+            GATEWAY6,
+            "lladdr",
+            &o,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        // A blackhole: an unreachable route would make the master's stack answer the
+        // wire's frames for it with ICMPv6 errors.
+        scratch.ip(&["-6", "route", "add", "blackhole", "2001:db8:dead::/48"]);
 
         let mut port = Port::new(M);
         port.apply_newlink(Some(mode), Some(flags));
@@ -281,20 +360,51 @@ impl Rig {
         }
 
         // The fast path, as the daemon sets it up: maps from every address in the table
-        // to its host end, a program on the master and one on every host end.
-        let maps = (
-            Map::hash("diff4", 4, 4, 64).expect("BPF map"),
-            Map::hash("diff6", 16, 4, 64).expect("BPF map"),
-        );
+        // to its host end (every slave end is in a namespace of its own) and of the
+        // master namespace's own addresses, a program on the master and one on every
+        // host end.
+        let slave_map = |name, key| Map::hash(name, key, SlaveEntry::SIZE, 64).expect("BPF map");
+        let local_map =
+            |name, key| Map::hash(name, key, fastpath::LOCAL_VALUE.len(), 64).expect("BPF map");
+        let maps = [
+            slave_map("diff4", 4),
+            slave_map("diff6", 16),
+            local_map("diff_local4", 4),
+            local_map("diff_local6", 16),
+        ];
         for (ip, id) in snap.table.iter() {
             let slot = ids.iter().position(|i| *i == id).expect("known slave");
-            let idx = scratch.ifindex(&format!("ivh{}", slot + 1)).to_ne_bytes();
+            let entry = SlaveEntry {
+                host_index: scratch.ifindex(&format!("ivh{}", slot + 1)),
+                peer: true,
+            }
+            .to_bytes();
             match ip {
-                IpAddr::V4(a) => maps.0.set(&a.octets(), &idx),
-                IpAddr::V6(a) => maps.1.set(&a.octets(), &idx),
+                IpAddr::V4(a) => maps[0].set(&a.octets(), &entry),
+                IpAddr::V6(a) => maps[1].set(&a.octets(), &entry),
             }
             .expect("map update");
         }
+        let local = fastpath::LOCAL_VALUE;
+        maps[2].set(&LOCAL4, &local).expect("map update");
+        maps[2].set(&BCAST4, &local).expect("map update");
+        maps[3].set(&LOCAL6, &local).expect("map update");
+        maps[3]
+            .set(&std::net::Ipv6Addr::LOCALHOST.octets(), &local)
+            .expect("map update");
+        let fds = Maps {
+            slaves4: maps[0].raw_fd(),
+            slaves6: maps[1].raw_fd(),
+            local4: maps[2].raw_fd(),
+            local6: maps[3].raw_fd(),
+        };
+        let spec = Spec {
+            mode,
+            flags,
+            source_guard: guard,
+            mac: M,
+            master: scratch.ifindex("eth0"),
+        };
         let mut fast = Vec::new();
         for (at, devs) in [
             (Attach::Master, vec!["eth0".to_string()]),
@@ -303,11 +413,10 @@ impl Rig {
                 (1..=SLAVES).map(|n| format!("ivh{n}")).collect(),
             ),
         ] {
-            if !fastpath::wanted(at, mode, flags, guard) {
+            if !fastpath::wanted(at, &spec) {
                 continue;
             }
-            let insns =
-                fastpath::encode(&fastpath::program(at, &M, maps.0.raw_fd(), maps.1.raw_fd()));
+            let insns = fastpath::encode(&fastpath::program(at, &spec, &fds));
             let prog = Prog::load_sched_cls("ipvlan_diff", &insns)
                 .unwrap_or_else(|e| panic!("loading the fast path ({at:?}): {e}"));
             // As the daemon attaches them: tcx on the master, a direct-action filter
@@ -340,12 +449,8 @@ impl Rig {
                 .unwrap_or_else(|e| panic!("packet socket on {dev}: {e}"))
         };
         let mut host_socks = Vec::new();
-        if mode != Mode::L2 && fastpath::wanted(Attach::HostEnd, mode, flags, guard) {
-            let insns = fastpath::encode(&fastpath::socket_filter(
-                &M,
-                maps.0.raw_fd(),
-                maps.1.raw_fd(),
-            ));
+        if mode != Mode::L2 && fastpath::wanted(Attach::HostEnd, &spec) {
+            let insns = fastpath::encode(&fastpath::socket_filter(&spec, &fds));
             let filter = Prog::load_socket_filter("ipvlan_diff", &insns)
                 .unwrap_or_else(|e| panic!("loading the socket filter: {e}"));
             for n in 1..=SLAVES {
@@ -490,6 +595,87 @@ fn udp6(dst: MacAddr, src: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> 
     out
 }
 
+/// An ICMP echo reply from the master's MAC to `dst`.
+fn echo4(dst: MacAddr, sip: [u8; 4], dip: [u8; 4], mk: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(M, dst)
+        .ipv4(sip, dip, 64)
+        .icmpv4_echo_reply(7, 1);
+    let mut out = Vec::new();
+    b.write(&mut out, mk).expect("echo4");
+    out
+}
+
+fn echo6(dst: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(M, dst)
+        .ipv6(sip, dip, 64)
+        .icmpv6_echo_reply(7, 1);
+    let mut out = Vec::new();
+    b.write(&mut out, mk).expect("echo6");
+    out
+}
+
+/// `frame` as the master's namespace sends it when it routes it to the gateway: the
+/// gateway's MAC, the master's, the IP packet unchanged (TTL too, spec §4.2).
+fn routed(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&O);
+    out[6..12].copy_from_slice(&M);
+    out
+}
+
+/// What the kernel does with a frame `decide()` routes and the host end's program
+/// takes (`None`: the program leaves it to userspace, with the reason).
+enum Routed {
+    Wire,
+    /// Refused by the route lookup or its type check (counted in the master's
+    /// `tx_errors`, which a veth master does not report).
+    Refused,
+}
+
+fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'static str> {
+    let Ingress::Slave(sender) = ingress else {
+        return Err("route: not from a slave");
+    };
+    if rig.snap.mode == Mode::L3s {
+        return Err("route: L3S, userspace");
+    }
+    let owned_by_sender = |ip: IpAddr| rig.snap.table.owner(&ip) == Some(sender);
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => {
+            let src: [u8; 4] = frame[26..30].try_into().expect("checked header");
+            let dst: [u8; 4] = frame[30..34].try_into().expect("checked header");
+            if rig.snap.source_guard && !owned_by_sender(src.into()) {
+                return Err("route: guard exception, userspace");
+            }
+            if dst[0] == 127 || dst == LOCAL4 {
+                return Err("route: local, userspace");
+            }
+            if dst == BCAST4 || dst[0] >= 224 {
+                return Err("route: broadcast/multicast, userspace");
+            }
+            Ok(Routed::Wire)
+        }
+        0x86dd => {
+            let src: [u8; 16] = frame[22..38].try_into().expect("checked header");
+            let dst: [u8; 16] = frame[38..54].try_into().expect("checked header");
+            if frame[20] == 58 && src == [0; 16] {
+                return Err("route: ICMPv6 from ::, userspace");
+            }
+            if rig.snap.source_guard && !owned_by_sender(src.into()) {
+                return Err("route: guard exception, userspace");
+            }
+            if dst == LOCAL6 || dst == std::net::Ipv6Addr::LOCALHOST.octets() {
+                return Err("route: local, userspace");
+            }
+            if dst[..6] == UNROUTABLE6[..6] {
+                return Ok(Routed::Refused);
+            }
+            Ok(Routed::Wire)
+        }
+        _ => Err("route: not IP"),
+    }
+}
+
 /// An ARP packet, the marker after it (as Ethernet padding).
 fn arp(
     dst: MacAddr,
@@ -560,6 +746,27 @@ fn corpus(batch: u32) -> Vec<(&'static str, Vec<u8>)> {
         ("ip6 M>M to s1", |mk| udp6(M, M, v6(2), v6(1), mk)),
         ("ip6 M>M to s2", |mk| udp6(M, M, v6(1), v6(2), mk)),
         ("ip6 M>M to unknown", |mk| udp6(M, M, v6(1), UNKNOWN6, mk)),
+        // Routed in L3 (spec §4.2 step 3): elsewhere, to the master's namespace itself,
+        // to what it routes as broadcast or cannot route. ICMP echo replies, which the
+        // master's stack takes from the wire without answering.
+        ("ip4 M>M to elsewhere", |mk| {
+            udp4(M, M, v4(1), ELSEWHERE4, mk)
+        }),
+        ("ip6 M>M to elsewhere", |mk| {
+            udp6(M, M, v6(1), ELSEWHERE6, mk)
+        }),
+        ("icmp4 M>M to master ns", |mk| echo4(M, v4(1), LOCAL4, mk)),
+        ("icmp4 M>M to 127.0.0.1", |mk| {
+            echo4(M, v4(1), [127, 0, 0, 1], mk)
+        }),
+        ("icmp4 M>M to bcast route", |mk| echo4(M, v4(1), BCAST4, mk)),
+        ("icmp6 M>M to master ns", |mk| echo6(M, v6(1), LOCAL6, mk)),
+        ("icmp6 M>M to ::1", |mk| {
+            echo6(M, v6(1), std::net::Ipv6Addr::LOCALHOST.octets(), mk)
+        }),
+        ("icmp6 M>M unroutable", |mk| {
+            echo6(M, v6(1), UNROUTABLE6, mk)
+        }),
         ("arp-reply M>M to s1", |mk| {
             arp(M, M, ArpOperation::REPLY, v4(2), v4(1), mk)
         }),
@@ -742,7 +949,15 @@ fn program_share(
             }
             ""
         }
-        Decision::Route => "route: userspace",
+        Decision::Route => match kernel_route(rig, ingress, frame) {
+            Ok(Routed::Wire) => {
+                out.places.insert(Place::Wire);
+                "routed"
+            }
+            // Counted in the master's `tx_errors`, which a veth does not report.
+            Ok(Routed::Refused) => "routed: refused",
+            Err(why) => why,
+        },
         Decision::Flood { .. } => "flood: userspace",
         _ => "",
     };
@@ -810,7 +1025,7 @@ impl Row {
 
 /// Injects the corpus at one ingress and records the outcome of every frame.
 /// What the host-end socket filter did with a batch: frames it did not copy to
-/// userspace, and of those the ones no slave received (which userspace then never saw).
+/// userspace, and of those the ones the kernel left to userspace (which then never saw them).
 #[derive(Default)]
 struct Skipped {
     frames: usize,
@@ -882,8 +1097,17 @@ fn run_batch(
         })
         .collect();
     let mut extra: Vec<String> = refused.into_iter().map(Option::unwrap_or_default).collect();
+    let decisions: Vec<Decision> = frames
+        .iter()
+        .map(|(_, f)| decide(&rig.snap, ingress, f))
+        .collect();
     for (place, bytes) in got {
-        if let Some(i) = frames.iter().position(|(_, f)| *f == bytes) {
+        // A routed frame comes out as the master's namespace sends it.
+        let as_sent = |i: usize| {
+            let f = &frames[i].1;
+            *f == bytes || (decisions[i] == Decision::Route && f.len() >= ETH && routed(f) == bytes)
+        };
+        if let Some(i) = (0..frames.len()).find(|&i| as_sent(i)) {
             if !observed[i].places.insert(place) {
                 let _ = write!(extra[i], " dup@{place}");
             }
@@ -892,6 +1116,10 @@ fn run_batch(
             bytes.windows(mk.len()).any(|w| w == mk)
         }) {
             let _ = write!(extra[i], " modified copy@{place}");
+            if decisions[i] == Decision::Route {
+                // Routing must not change the packet (the TTL stays, spec §4.2).
+                observed[i].counted.insert("not as routed".into(), 1);
+            }
             observed[i].places.insert(place);
         } else {
             *noise += 1;
@@ -903,11 +1131,12 @@ fn run_batch(
         }
     }
 
+    let mut not_copied = vec![false; frames.len()];
     if let Some(i) = from
         && let Some(h) = rig.host_socks.get(i)
     {
         let copied = Rig::take(h);
-        for (k, (name, f)) in frames.iter().enumerate() {
+        for (k, (_, f)) in frames.iter().enumerate() {
             // A copy may differ from what was sent (a VLAN tag moved beside it): the
             // frame's marker tells.
             let mk = marker(batch, k);
@@ -916,16 +1145,18 @@ fn run_batch(
                 .any(|c| c == f || c.windows(mk.len()).any(|w| w == mk));
             if !extra[k].contains("refused") && !seen {
                 skipped.frames += 1;
-                if observed[k].places.iter().all(|p| matches!(p, Place::Wire)) {
-                    skipped.lost.push(format!("from {label}: {name}"));
-                }
+                not_copied[k] = true;
             }
         }
     }
 
-    for (((name, f), obs), extra) in frames.iter().zip(observed).zip(extra) {
-        let d = decide(&rig.snap, ingress, f);
+    for (k, (((name, f), obs), extra)) in frames.iter().zip(observed).zip(extra).enumerate() {
+        let d = decisions[k];
         let (expected, note) = program_share(rig, ingress, f, d);
+        // What userspace must handle, it must see.
+        if not_copied[k] && note.contains("userspace") {
+            skipped.lost.push(format!("from {label}: {name}"));
+        }
         rows.push(Row {
             ingress: label.clone(),
             frame: name,

@@ -71,7 +71,10 @@ enum Cmd {
         #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
         busy_poll: u64,
         /// The kernel backend's BPF fast path (`on`, the default: unicast handed straight
-        /// to the slave end; `off`: nftables alone, one more veth hop a frame).
+        /// to the slave end or the master, L3 egress routed in the kernel without the
+        /// master namespace's netfilter hooks; `off`: nftables alone, one more veth hop
+        /// a frame, and L3 egress on the daemon's exact path through the master's OUTPUT
+        /// and POSTROUTING, as the kernel driver does).
         #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
         fast_path: String,
     },

@@ -1,8 +1,12 @@
 //! The kernel backend's fast path (see `ipvlan_core::fastpath`): two BPF programs per
 //! port, one on the master's tcx ingress and one shared by its host ends (a
 //! direct-action `bpf` filter on their `clsact` ingress: deleting a device with a tcx
-//! attachment costs an RCU grace period, about 14 ms a slave), and the two maps they
-//! read, kept in step with the port.
+//! attachment costs an RCU grace period, about 14 ms a slave), and the maps they
+//! read, kept in step with the port: the slaves' addresses, and the addresses of the
+//! master's namespace and its IPv4 subnets' broadcast and network addresses (which
+//! L3 egress must not route with `bpf_redirect_neigh`, see `ipvlan_core::fastpath`), read
+//! again on every address event there ([`FastPath::local_addrs_changed`]). An address
+//! added while no daemon runs is missing from the local map until one starts.
 //!
 //! It only ever takes frames the nftables program would forward the same way, so it is
 //! an accelerator: where it cannot be loaded (a kernel without tcx or BPF) the port runs
@@ -12,13 +16,13 @@
 //! replaces them in one step (the master's found by name, the host ends' filter at its
 //! fixed priority), so the fast path never pauses.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::Backend;
-use ipvlan_core::fastpath::{self, Attach};
-use ipvlan_core::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
+use ipvlan_core::fastpath::{self, Attach, Maps, SlaveEntry, Spec};
+use ipvlan_core::{Mode, PortSnapshot, SlaveId};
 use ipvlan_sys::NetNs;
 use ipvlan_sys::bpf::{Map, Prog, tcx_ingress_named};
 use ipvlan_sys::packet::PacketSocket;
@@ -29,13 +33,14 @@ const MASTER_PROG: &str = "ipvlan_master";
 const HOST_PROG: &str = "ipvlan_slave";
 /// Addresses per family and port the maps hold.
 const MAX_ADDRS: u32 = 1 << 16;
+const LOCAL_SIZE: usize = fastpath::LOCAL_VALUE.len();
 
 fn ours(name: &str) -> bool {
     name == MASTER_PROG || name == HOST_PROG
 }
 
 /// What the programs are built for: a change rebuilds them.
-type Shape = (bool, Mode, Flags, bool, MacAddr);
+type Shape = (bool, Spec);
 
 /// One slave as the fast path sees it.
 pub(super) struct End {
@@ -52,6 +57,12 @@ pub(super) struct FastPath {
     on: bool,
     map4: Map,
     map6: Map,
+    local4: Map,
+    local6: Map,
+    /// What the local maps hold.
+    locals: HashSet<IpAddr>,
+    /// The local maps were filled once.
+    locals_read: bool,
     shape: Option<Shape>,
     master: Option<Prog>,
     host: Option<Prog>,
@@ -60,15 +71,19 @@ pub(super) struct FastPath {
     sock_filter: Option<Prog>,
     /// Host ends given the current `host` program (or cleared, when there is none).
     placed: BTreeSet<u32>,
-    entries: HashMap<IpAddr, u32>,
+    entries: HashMap<IpAddr, SlaveEntry>,
 }
 
 impl FastPath {
     pub fn new(on: bool) -> io::Result<Self> {
         Ok(Self {
             on,
-            map4: Map::hash("ipvlan_fwd4", 4, 4, MAX_ADDRS)?,
-            map6: Map::hash("ipvlan_fwd6", 16, 4, MAX_ADDRS)?,
+            map4: Map::hash("ipvlan_fwd4", 4, SlaveEntry::SIZE, MAX_ADDRS)?,
+            map6: Map::hash("ipvlan_fwd6", 16, SlaveEntry::SIZE, MAX_ADDRS)?,
+            local4: Map::hash("ipvlan_local4", 4, LOCAL_SIZE, MAX_ADDRS)?,
+            local6: Map::hash("ipvlan_local6", 16, LOCAL_SIZE, MAX_ADDRS)?,
+            locals: HashSet::new(),
+            locals_read: false,
             shape: None,
             master: None,
             host: None,
@@ -88,13 +103,17 @@ impl FastPath {
         self.master.is_some() || self.host.is_some()
     }
 
-    fn load(&self, at: Attach, mac: &MacAddr) -> io::Result<Prog> {
-        let insns = fastpath::encode(&fastpath::program(
-            at,
-            mac,
-            self.map4.raw_fd(),
-            self.map6.raw_fd(),
-        ));
+    fn maps(&self) -> Maps {
+        Maps {
+            slaves4: self.map4.raw_fd(),
+            slaves6: self.map6.raw_fd(),
+            local4: self.local4.raw_fd(),
+            local6: self.local6.raw_fd(),
+        }
+    }
+
+    fn load(&self, at: Attach, spec: &Spec) -> io::Result<Prog> {
+        let insns = fastpath::encode(&fastpath::program(at, spec, &self.maps()));
         let name = match at {
             Attach::Master => MASTER_PROG,
             Attach::HostEnd => HOST_PROG,
@@ -113,44 +132,52 @@ impl FastPath {
         ends: &HashMap<SlaveId, End>,
     ) -> io::Result<()> {
         let on = self.on;
-        let want = |at| on && fastpath::wanted(at, snap.mode, snap.flags, snap.source_guard);
-        let shape = (
-            on,
-            snap.mode,
-            snap.flags,
-            snap.source_guard,
-            snap.master_mac,
-        );
+        let spec = Spec {
+            mode: snap.mode,
+            flags: snap.flags,
+            source_guard: snap.source_guard,
+            mac: snap.master_mac,
+            master,
+        };
+        let want = |at| on && fastpath::wanted(at, &spec);
+        let shape = (on, spec);
         let reshaped = self.shape != Some(shape);
+        if on && !self.locals_read {
+            self.local_addrs_changed(rtnl)?;
+        }
         let (mut new_master, mut new_host, mut new_filter) = (None, None, None);
         if reshaped {
             if want(Attach::Master) {
-                new_master = Some(self.load(Attach::Master, &snap.master_mac)?);
+                new_master = Some(self.load(Attach::Master, &spec)?);
             }
             if want(Attach::HostEnd) {
-                new_host = Some(self.load(Attach::HostEnd, &snap.master_mac)?);
+                new_host = Some(self.load(Attach::HostEnd, &spec)?);
                 if snap.mode != Mode::L2 {
-                    let insns = fastpath::encode(&fastpath::socket_filter(
-                        &snap.master_mac,
-                        self.map4.raw_fd(),
-                        self.map6.raw_fd(),
-                    ));
+                    let insns = fastpath::encode(&fastpath::socket_filter(&spec, &self.maps()));
                     new_filter = Some(Prog::load_socket_filter(HOST_PROG, &insns)?);
                 }
             }
         }
 
         // The maps first: no program may send a frame to a host end it should not.
-        let wanted: HashMap<IpAddr, u32> = snap
+        let wanted: HashMap<IpAddr, SlaveEntry> = snap
             .table
             .iter()
             .filter(|_| on)
-            .filter_map(|(ip, id)| ends.get(&id).filter(|e| e.away).map(|e| (ip, e.host_index)))
+            .filter_map(|(ip, id)| {
+                ends.get(&id).map(|e| {
+                    let entry = SlaveEntry {
+                        host_index: e.host_index,
+                        peer: e.away,
+                    };
+                    (ip, entry)
+                })
+            })
             .collect();
-        for (ip, &idx) in &wanted {
-            if self.entries.get(ip) != Some(&idx) {
-                self.set(ip, Some(idx))?;
-                self.entries.insert(*ip, idx);
+        for (ip, &entry) in &wanted {
+            if self.entries.get(ip) != Some(&entry) {
+                self.set(ip, Some(entry))?;
+                self.entries.insert(*ip, entry);
             }
         }
         let stale: Vec<IpAddr> = self
@@ -209,8 +236,47 @@ impl FastPath {
         Ok(())
     }
 
-    fn set(&self, ip: &IpAddr, to: Option<u32>) -> io::Result<()> {
-        let value = to.map(u32::to_ne_bytes);
+    /// Reads the master namespace's addresses (`rtnl`'s) into the local maps: after
+    /// an address event there, and once before the first program is placed.
+    pub fn local_addrs_changed(&mut self, rtnl: &mut Rtnl) -> io::Result<()> {
+        if !self.on {
+            return Ok(());
+        }
+        let mut now = HashSet::new();
+        for a in rtnl.addrs().map_err(io::Error::other)? {
+            now.insert(a.ip);
+            // The subnet's broadcast (and network) address is routed as broadcast.
+            if let IpAddr::V4(v4) = a.ip
+                && a.prefix <= 30
+            {
+                let mask = u32::MAX << (32 - a.prefix);
+                let net = u32::from(v4) & mask;
+                now.insert(IpAddr::V4(net.into()));
+                now.insert(IpAddr::V4((net | !mask).into()));
+            }
+        }
+        now.insert(Ipv6Addr::LOCALHOST.into());
+        for ip in now.difference(&self.locals) {
+            let (map, key): (&Map, &[u8]) = match ip {
+                IpAddr::V4(a) => (&self.local4, &a.octets()),
+                IpAddr::V6(a) => (&self.local6, &a.octets()),
+            };
+            map.set(key, &fastpath::LOCAL_VALUE)?;
+        }
+        for ip in self.locals.difference(&now) {
+            let (map, key): (&Map, &[u8]) = match ip {
+                IpAddr::V4(a) => (&self.local4, &a.octets()),
+                IpAddr::V6(a) => (&self.local6, &a.octets()),
+            };
+            map.remove(key)?;
+        }
+        self.locals = now;
+        self.locals_read = true;
+        Ok(())
+    }
+
+    fn set(&self, ip: &IpAddr, to: Option<SlaveEntry>) -> io::Result<()> {
+        let value = to.map(SlaveEntry::to_bytes);
         let (map, key): (&Map, &[u8]) = match ip {
             IpAddr::V4(a) => (&self.map4, &a.octets()),
             IpAddr::V6(a) => (&self.map6, &a.octets()),

@@ -145,6 +145,15 @@ impl Datapath {
         self.kind
     }
 
+    /// An address of the master's namespace came or went: the fast path reads them
+    /// again (L3 egress keeps local destinations off the kernel's routing).
+    pub fn local_addrs_changed(&mut self, rtnl: &mut Rtnl) -> std::io::Result<()> {
+        match &mut self.fast {
+            Some(f) => f.local_addrs_changed(rtnl),
+            None => Ok(()),
+        }
+    }
+
     /// The BPF fast path is switching some of the port's unicast.
     pub fn fast_path_active(&self) -> bool {
         self.fast.as_ref().is_some_and(|f| f.active())

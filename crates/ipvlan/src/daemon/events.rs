@@ -374,11 +374,14 @@ impl Daemon {
                     self.on_new_addr(pi, id, a);
                 } else if nsid.is_none() {
                     self.strip_host_end_addr(key, &a);
+                    self.master_addrs_changed(key);
                 }
             }
             Event::DelAddr(a) => {
                 if let Some((pi, id)) = find(self, a.index) {
                     self.forget_addr(pi, id, a.ip);
+                } else if nsid.is_none() {
+                    self.master_addrs_changed(key);
                 }
             }
             Event::NewMcast(m) => {
@@ -399,6 +402,19 @@ impl Daemon {
             }
         }
         false
+    }
+
+    /// An address of the master's namespace `key` came or went: the fast paths there
+    /// read them again (L3 egress keeps local destinations off the kernel's routing).
+    fn master_addrs_changed(&mut self, key: NsKey) {
+        let Some(w) = self.watched.get_mut(&key) else {
+            return;
+        };
+        for p in self.ports.iter_mut().filter(|p| p.ns == key) {
+            if let Err(e) = p.datapath.local_addrs_changed(&mut w.rtnl) {
+                tracing::warn!("the local addresses of {}'s namespace: {e}", p.master_name);
+            }
+        }
     }
 
     /// Slaves between namespaces are looked for again after every link event.
