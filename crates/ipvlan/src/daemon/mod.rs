@@ -124,7 +124,7 @@ struct SlaveRec {
 }
 
 /// Frames the kernel backend's program dropped for one slave, by reason.
-type ProgramDrops = (SlaveId, ipvlan_datapath::DropKind, u64);
+type ProgramDrops = (SlaveId, ipvlan_core::DropReason, u64);
 
 /// What a port in L3S mode has set up in its master's namespace.
 struct L3s {
@@ -1048,7 +1048,7 @@ impl Daemon {
     }
 
     /// A port's host-end statistics by ifindex, and (kernel backend) the frames the
-    /// program dropped per slave and reason (`private`, `spoof`).
+    /// program dropped per slave and reason (`private`, `spoof`, `source_guard`).
     fn port_counters(
         &mut self,
         pi: usize,
@@ -1075,17 +1075,13 @@ impl Daemon {
         {
             for item in v["nftables"].as_array().into_iter().flatten() {
                 let c = &item["counter"];
-                let Some((kind, id)) = c["name"].as_str().and_then(|n| n.split_once('_')) else {
-                    continue;
-                };
-                let kind = match kind {
-                    "private" => ipvlan_datapath::DropKind::Private,
-                    "spoof" => ipvlan_datapath::DropKind::Spoof,
-                    "guard" => ipvlan_datapath::DropKind::SourceGuard,
-                    _ => continue,
-                };
-                if let (Ok(id), Some(n)) = (id.parse(), c["packets"].as_u64()) {
-                    private.push((SlaveId(id), kind, n));
+                if let (Some((why, id)), Some(n)) = (
+                    c["name"]
+                        .as_str()
+                        .and_then(ipvlan_core::compile::parse_drop_counter),
+                    c["packets"].as_u64(),
+                ) {
+                    private.push((id, why, n));
                 }
             }
         }
