@@ -14,13 +14,16 @@
 //! What a kernel program cannot do stays with the user backend, which sees every frame
 //! on its packet sockets before this hook: broadcast and multicast fan-out with the
 //! per-slave filter (§4.4), L3/L3S egress routed in the master's namespace (§4.2), L3S
-//! ingress. Frames a slave sends with a source MAC other than the master's are not
-//! switched here (the kernel driver would; a hostile slave forging its MAC gets nowhere).
+//! ingress. Frames a slave sends with a source MAC other than the master's are counted
+//! and dropped here as [`decide`](crate::decide()) drops them ([`DropReason::Spoof`]).
+//!
+//! Every drop the program counts goes to a counter named by [`drop_counter`]: the
+//! reason's own name, which the daemon reads back with [`parse_drop_counter`].
 //!
 //! The output is a [`Program`]: applied whole, or as an update from the last one.
 
 use crate::nftprog::{Part, Program};
-use crate::{Flags, MacAddr, Mode, PortSnapshot, SlaveId};
+use crate::{DropReason, Flags, MacAddr, Mode, PortSnapshot, SlaveId};
 
 /// Priority of every chain: before anything a user would add at the default.
 const PRIORITY: i32 = -500;
@@ -43,19 +46,21 @@ fn mac(m: &MacAddr) -> String {
         .join(":")
 }
 
-/// The name of the counter of frames `private` refused from one slave.
-pub fn private_counter(id: SlaveId) -> String {
-    format!("private_{}", id.0)
+/// The name of the counter of frames of one slave the program dropped for `why`
+/// (`private_3`, `spoof_3`, `source_guard_3`): the reason's own name, and the
+/// slave's dev_id.
+pub fn drop_counter(why: DropReason, id: SlaveId) -> String {
+    format!("{why}_{}", id.0)
 }
 
-/// The name of the counter of frames one slave sent with another source MAC.
-pub fn spoof_counter(id: SlaveId) -> String {
-    format!("spoof_{}", id.0)
+/// The reason and the slave a counter of [`drop_counter`]'s is named for.
+pub fn parse_drop_counter(name: &str) -> Option<(DropReason, SlaveId)> {
+    let (why, id) = name.rsplit_once('_')?;
+    Some((why.parse().ok()?, SlaveId(id.parse().ok()?)))
 }
 
-/// The name of the counter of frames the source guard refused from one slave (and of
-/// the chain that checks them).
-pub fn guard_counter(id: SlaveId) -> String {
+/// The name of the source guard's chain for one slave.
+fn guard_chain(id: SlaveId) -> String {
     format!("guard_{}", id.0)
 }
 
@@ -72,7 +77,10 @@ fn guard_rules(id: SlaveId) -> Vec<String> {
         format!("ether type ip {V4_OK}meta iif . ip saddr @own4 return"),
         format!("ether type ip6 {V6_WHOLE}ip6 saddr :: ip6 nexthdr ipv6-icmp return"),
         format!("ether type ip6 {V6_WHOLE}meta iif . ip6 saddr @own6 return"),
-        format!("counter name \"{}\" drop", guard_counter(id)),
+        format!(
+            "counter name \"{}\" drop",
+            drop_counter(DropReason::SourceGuard, id)
+        ),
     ]
 }
 
@@ -149,21 +157,24 @@ pub fn program(
             "meta pkttype { broadcast, multicast } drop".to_string(),
             format!(
                 "ether saddr != {m} counter name \"{}\" drop",
-                spoof_counter(*id)
+                drop_counter(DropReason::Spoof, *id)
             ),
         ];
-        let mut counters = vec![private_counter(*id), spoof_counter(*id)];
+        let mut counters = vec![
+            drop_counter(DropReason::Private, *id),
+            drop_counter(DropReason::Spoof, *id),
+        ];
         let mut sub = None;
         if snap.source_guard {
-            rules.push(format!("jump {}", guard_counter(*id)));
-            counters.push(guard_counter(*id));
-            sub = Some((guard_counter(*id), guard_rules(*id)));
+            rules.push(format!("jump {}", guard_chain(*id)));
+            counters.push(drop_counter(DropReason::SourceGuard, *id));
+            sub = Some((guard_chain(*id), guard_rules(*id)));
         }
         let local = |sel: &str, key: &str, set: &str, map: &str| {
             if snap.flags == Flags::Private {
                 format!(
                     "{sel}{key} @{set} counter name \"{}\" drop",
-                    private_counter(*id)
+                    drop_counter(DropReason::Private, *id)
                 )
             } else {
                 format!("{sel}fwd to {key} map @{map}")
@@ -324,9 +335,34 @@ mod tests {
         let jump = r.iter().position(|x| *x == "jump guard_1").unwrap();
         assert!(r[..jump].iter().any(|x| x.contains("spoof_1")));
         assert!(r[jump..].iter().any(|x| x.contains("fwd to")));
-        assert!(rules(&s, "guard_1").contains(&"counter name \"guard_1\" drop"));
+        assert!(rules(&s, "guard_1").contains(&"counter name \"source_guard_1\" drop"));
         // Turning it on or off replaces the table (the sets are new).
         assert_eq!(guarded.update_from(Some(&plain)), Some(s));
+    }
+
+    #[test]
+    fn drop_counters_are_named_by_the_reason_and_read_back() {
+        for why in DropReason::ALL {
+            for id in [SlaveId(1), SlaveId(42), SlaveId(u16::MAX)] {
+                let name = drop_counter(why, id);
+                assert!(name.starts_with(why.as_str()));
+                assert_eq!(parse_drop_counter(&name), Some((why, id)));
+            }
+        }
+        assert_eq!(
+            drop_counter(DropReason::SourceGuard, SlaveId(3)),
+            "source_guard_3"
+        );
+        for bad in [
+            "guard_1",
+            "spoof",
+            "spoof_",
+            "spoof_x",
+            "private_70000",
+            "_1",
+        ] {
+            assert_eq!(parse_drop_counter(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //!
 //! Frames from a slave are assumed to come from a slave that is up; the address
 //! table only holds addresses of up slaves, so unicast needs no up-check.
+//!
+//! Two checks come before the spec's tables on what a slave sends, both ipvlan-rs's
+//! own: its source MAC must be the master's ([`DropReason::Spoof`]), and, with the
+//! source guard on, its source address its own ([`guard_allows`]).
 
 use crate::wire::{self, arp, ethernet, icmpv6, ipv4, ipv6};
 use crate::{Flags, Mode, PortSnapshot, SlaveId};
@@ -104,47 +108,76 @@ pub enum Decision {
     Pass,
 }
 
-/// Why a frame was dropped; [`DropReason::as_str`] is stable, for counters.
+/// Why a frame was dropped: by [`decide`], or by a backend carrying a decision out.
+///
+/// The one list of drop reasons: [`DropReason::as_str`] is each one's name wherever a
+/// drop is counted or shown (`ipvlan -s`, its JSON, the Prometheus metrics, the kernel
+/// backend's nftables counters, see [`crate::compile::drop_counter`]), and
+/// [`FromStr`](core::str::FromStr) reads it back. The names are stable.
+///
+/// [`decide`] returns `Spoof`, `SourceGuard`, `Private`, `Malformed`, `L3Filtered` and
+/// `Pause`; the others are a backend's: what happened when it carried a decision out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
-    /// Shorter than an Ethernet header.
-    Runt,
-    /// Slave-to-slave unicast on a private port.
-    Private,
-    /// An 802.3x MAC Control (PAUSE) frame headed for the multicast worker.
-    Pause,
-    /// L3/L3S egress to a multicast or broadcast MAC.
-    L3Multicast,
-    /// L3/L3S egress of something that is neither IPv4 nor IPv6.
-    NotIp,
-    /// L3/L3S egress of an IPv4/IPv6 ethertype whose header fails the checks of
-    /// spec §3; it cannot be routed (the kernel would route garbage).
-    Malformed,
+    /// A frame from a slave whose source MAC is not the master's (which every slave
+    /// carries): forged, never switched. The kernel driver does not police this;
+    /// ipvlan-rs does (issue 5).
+    Spoof,
     /// The source guard (an ipvlan-rs extension) refused what a slave sent: not ARP,
     /// IPv4 or IPv6 from one of its own addresses (see [`guard_allows`]).
     SourceGuard,
+    /// Slave-to-slave unicast on a private port.
+    Private,
+    /// Shorter than an Ethernet header; L3/L3S egress of an IPv4/IPv6 ethertype whose
+    /// header fails the checks of spec §3, which cannot be routed (the kernel would
+    /// route garbage); or a frame a backend could not take apart (GSO).
+    Malformed,
+    /// (Backend) Unicast between equal MACs whose key no slave owns, which the kernel
+    /// hands to the master's own stack (§4.1, §9.1) and the user backend cannot reach;
+    /// or routed egress with no socket to route it through.
+    NoOwner,
+    /// (Backend) L3/L3S egress the master's namespace could not route or send (the
+    /// driver's `tx_errors`, spec §4.2).
+    NoRoute,
+    /// L3/L3S egress to a multicast or broadcast MAC, or of something that is neither
+    /// IPv4 nor IPv6 (§4.2).
+    L3Filtered,
+    /// An 802.3x MAC Control (PAUSE) frame headed for the multicast worker.
+    Pause,
+    /// (Backend) A socket buffer was full.
+    QueueFull,
+    /// (Backend) The decision named a slave the backend has no socket for (one being
+    /// set up or removed).
+    Other,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
-        DropReason::Runt,
-        DropReason::Private,
-        DropReason::Pause,
-        DropReason::L3Multicast,
-        DropReason::NotIp,
-        DropReason::Malformed,
+    /// Every reason, in the order counters list them.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Spoof,
         DropReason::SourceGuard,
+        DropReason::Private,
+        DropReason::Malformed,
+        DropReason::NoOwner,
+        DropReason::NoRoute,
+        DropReason::L3Filtered,
+        DropReason::Pause,
+        DropReason::QueueFull,
+        DropReason::Other,
     ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
-            DropReason::Runt => "runt",
-            DropReason::Private => "private",
-            DropReason::Pause => "pause",
-            DropReason::L3Multicast => "l3_multicast",
-            DropReason::NotIp => "not_ip",
-            DropReason::Malformed => "malformed",
+            DropReason::Spoof => "spoof",
             DropReason::SourceGuard => "source_guard",
+            DropReason::Private => "private",
+            DropReason::Malformed => "malformed",
+            DropReason::NoOwner => "no_owner",
+            DropReason::NoRoute => "no_route",
+            DropReason::L3Filtered => "l3_filtered",
+            DropReason::Pause => "pause",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Other => "other",
         }
     }
 
@@ -160,12 +193,42 @@ impl core::fmt::Display for DropReason {
     }
 }
 
+/// A name that is not a [`DropReason`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown drop reason {0:?}")]
+pub struct UnknownDropReason(pub String);
+
+impl core::str::FromStr for DropReason {
+    type Err = UnknownDropReason;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DropReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownDropReason(s.to_string()))
+    }
+}
+
+impl serde::Serialize for DropReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DropReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Decides the fate of `frame` (Ethernet header first) entering `port` at `ingress`.
 pub fn decide(port: &PortSnapshot, ingress: Ingress, frame: &[u8]) -> Decision {
     let Ok(eth) = ethernet::Frame::new_checked(frame) else {
-        return Decision::Drop(DropReason::Runt);
+        return Decision::Drop(DropReason::Malformed);
     };
     match (ingress, port.mode) {
+        (Ingress::Slave(_), _) if eth.src() != port.master_mac => Decision::Drop(DropReason::Spoof),
         (Ingress::Slave(s), _) if port.source_guard && !guard_allows(port, s, &eth) => {
             Decision::Drop(DropReason::SourceGuard)
         }
@@ -271,12 +334,12 @@ fn tx_l3(port: &PortSnapshot, eth: &ethernet::Frame<&[u8]>) -> Decision {
         return local_delivery(port.flags, t);
     }
     if wire::is_multicast(&eth.dst()) {
-        return Decision::Drop(DropReason::L3Multicast);
+        return Decision::Drop(DropReason::L3Filtered);
     }
     let routable = match eth.ethertype() {
         ethernet::ETHERTYPE_IPV4 => ipv4::Packet::new_checked(eth.payload()).is_ok(),
         ethernet::ETHERTYPE_IPV6 => ipv6::Packet::new_checked(eth.payload()).is_ok(),
-        _ => return Decision::Drop(DropReason::NotIp),
+        _ => return Decision::Drop(DropReason::L3Filtered),
     };
     if routable {
         Decision::Route
@@ -658,7 +721,7 @@ mod tests {
         let p = port(Mode::L2, Flags::Bridge);
         let f = udp4(MASTER, MASTER, S1_V4, S2_V4);
         for n in 0..ETH {
-            assert_eq!(tx(&p, S1, &f[..n]), Decision::Drop(DropReason::Runt));
+            assert_eq!(tx(&p, S1, &f[..n]), Decision::Drop(DropReason::Malformed));
         }
         assert_eq!(tx(&p, S1, &f[..ETH]), Decision::ToMasterStack);
     }
@@ -685,10 +748,11 @@ mod tests {
     #[test]
     fn l2_same_mac_compares_header_fields_not_master_mac() {
         let p = port(Mode::L2, Flags::Bridge);
-        assert_eq!(
-            tx(&p, S1, &udp4(GW, GW, S1_V4, S2_V4)),
-            Decision::ToSlave(S2)
-        );
+        // The table of §4.1 on its own: the spoof check keeps such a frame from it.
+        let f = udp4(GW, GW, S1_V4, S2_V4);
+        let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
+        assert_eq!(tx_l2(&p, S1, &eth), Decision::ToSlave(S2));
+        assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Spoof));
     }
 
     #[test]
@@ -715,10 +779,11 @@ mod tests {
     #[test]
     fn l2_same_mac_check_precedes_multicast_check() {
         let p = port(Mode::L2, Flags::Bridge);
-        assert_eq!(
-            tx(&p, S1, &udp4(MC4, MC4, S1_V4, S2_V4)),
-            Decision::ToSlave(S2)
-        );
+        // The table of §4.1 on its own: the spoof check keeps such a frame from it.
+        let f = udp4(MC4, MC4, S1_V4, S2_V4);
+        let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
+        assert_eq!(tx_l2(&p, S1, &eth), Decision::ToSlave(S2));
+        assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Spoof));
     }
 
     #[test]
@@ -827,6 +892,58 @@ mod tests {
         assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
     }
 
+    #[test]
+    fn a_slave_sending_with_another_source_mac_is_dropped_in_every_port() {
+        let spoof = Decision::Drop(DropReason::Spoof);
+        for mode in [Mode::L2, Mode::L3, Mode::L3s] {
+            for flags in [Flags::Bridge, Flags::Private, Flags::Vepa] {
+                for guard in [false, true] {
+                    let mut p = port(mode, flags);
+                    p.source_guard = guard;
+                    // What would go to another slave, to the wire, to the master's
+                    // stack, be flooded, routed, or dropped for another reason.
+                    let frames = [
+                        udp4(MASTER, GW, S1_V4, S2_V4),
+                        udp4(GW, GW, S1_V4, S2_V4),
+                        udp4(GW, GW, S1_V4, EXT_V4),
+                        udp6(MASTER, GW, S1_V6, S2_V6),
+                        udp4(MASTER, GW, S1_V4, HOST_V4),
+                        arp(BROADCAST, GW, ArpOperation::REQUEST, S1_V4, S2_V4),
+                        udp4(MC4, GW, S1_V4, [224, 0, 0, 1]),
+                        udp4(MASTER, GW, S2_V4, EXT_V4),
+                        raw(
+                            wire::PAUSE_MAC,
+                            GW,
+                            ethernet::ETHERTYPE_MAC_CONTROL,
+                            &[0; 4],
+                        ),
+                        raw(MASTER, GW, 0x88b5, &[0; 46]),
+                        raw(MASTER, GW, 0x0800, &[]),
+                    ];
+                    for f in &frames {
+                        assert_eq!(tx(&p, S1, f), spoof, "{mode} {flags} guard {guard}");
+                        assert_ne!(rx(&p, f), spoof, "only what a slave sends");
+                    }
+                    // One bit off is another MAC.
+                    let mut near = MASTER;
+                    near[5] ^= 1;
+                    let f = udp4(MASTER, near, S1_V4, S2_V4);
+                    assert_eq!(tx(&p, S1, &f), spoof);
+                    assert_ne!(
+                        tx(&p, S1, &udp4(MASTER, MASTER, S1_V4, S2_V4)),
+                        spoof,
+                        "the master's MAC is every slave's own"
+                    );
+                    assert_eq!(
+                        tx(&p, S1, &f[..13]),
+                        Decision::Drop(DropReason::Malformed),
+                        "a runt has no source MAC to check"
+                    );
+                }
+            }
+        }
+    }
+
     // ---- TX, L3 and L3S (spec §4.2) ----
 
     fn both_l3(flags: Flags, check: impl Fn(&PortSnapshot)) {
@@ -881,7 +998,7 @@ mod tests {
                 Decision::Route
             );
             let mc = udp4(MC4, MASTER, S1_V4, [224, 0, 0, 1]);
-            assert_eq!(tx(p, S1, &mc), Decision::Drop(DropReason::L3Multicast));
+            assert_eq!(tx(p, S1, &mc), Decision::Drop(DropReason::L3Filtered));
         });
     }
 
@@ -908,7 +1025,7 @@ mod tests {
     #[test]
     fn l3_tx_multicast_dropped() {
         both_l3(Flags::Bridge, |p| {
-            let drop = Decision::Drop(DropReason::L3Multicast);
+            let drop = Decision::Drop(DropReason::L3Filtered);
             assert_eq!(tx(p, S1, &udp4(MC4, MASTER, S1_V4, [224, 0, 0, 1])), drop);
             assert_eq!(
                 tx(p, S1, &udp4(BROADCAST, MASTER, S1_V4, [10, 0, 0, 255])),
@@ -936,7 +1053,7 @@ mod tests {
     #[test]
     fn l3_tx_not_ip() {
         both_l3(Flags::Bridge, |p| {
-            let drop = Decision::Drop(DropReason::NotIp);
+            let drop = Decision::Drop(DropReason::L3Filtered);
             let reply = arp(MASTER, MASTER, ArpOperation::REPLY, S1_V4, EXT_V4);
             assert_eq!(tx(p, S1, &reply), drop);
             assert_eq!(tx(p, S1, &raw(MASTER, MASTER, 0x88b5, &[0; 46])), drop);
@@ -962,7 +1079,7 @@ mod tests {
     #[test]
     fn l3_tx_runt() {
         both_l3(Flags::Bridge, |p| {
-            assert_eq!(tx(p, S1, &[0; 13]), Decision::Drop(DropReason::Runt));
+            assert_eq!(tx(p, S1, &[0; 13]), Decision::Drop(DropReason::Malformed));
         });
     }
 
@@ -1025,7 +1142,7 @@ mod tests {
             let mut bad = udp4(MASTER, GW, EXT_V4, S1_V4);
             bad[ETH] = 0x4f;
             assert_eq!(rx(&p, &bad), Decision::Pass, "malformed: no key");
-            assert_eq!(rx(&p, &[0; 13]), Decision::Drop(DropReason::Runt));
+            assert_eq!(rx(&p, &[0; 13]), Decision::Drop(DropReason::Malformed));
         }
     }
 
@@ -1136,18 +1253,24 @@ mod tests {
         assert_eq!(
             names,
             [
-                "runt",
+                "spoof",
+                "source_guard",
                 "private",
-                "pause",
-                "l3_multicast",
-                "not_ip",
                 "malformed",
-                "source_guard"
+                "no_owner",
+                "no_route",
+                "l3_filtered",
+                "pause",
+                "queue_full",
+                "other"
             ]
         );
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
             assert_eq!(r.to_string(), r.as_str());
+            assert_eq!(r.as_str().parse::<DropReason>(), Ok(*r));
         }
+        assert!("guard".parse::<DropReason>().is_err());
+        assert!("Spoof".parse::<DropReason>().is_err());
     }
 }

@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn short_inputs_are_fine() {
         assert_eq!(decide_input(&[]), "");
-        assert!(decide_input(&[0, 0]).contains("Runt"));
+        assert!(decide_input(&[0, 0]).contains("Malformed"));
         wire_input(&[]);
         assert_eq!(gso_input(&[1, 2, 3]), 0);
     }

@@ -20,7 +20,7 @@ use ipvlan_core::{PortSnapshot, SlaveId};
 use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::{Filter, PacketSocket};
 
-pub use counters::{Counters, DropKind, SlaveCounters};
+pub use counters::{Counters, DropReason, SlaveCounters};
 
 /// The packet mark (`SO_MARK`) on L3/L3S egress sent through the master's namespace, so
 /// that rules there can tell it from the namespace's own traffic.

@@ -32,8 +32,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use ipvlan_core::wire::gso;
 use ipvlan_core::wire::vnet::VnetHdr;
+use ipvlan_core::wire::{ethernet, gso, ipv4, ipv6};
 use ipvlan_core::{Decision, DropReason, Ingress, SlaveId, decide};
 use ipvlan_sys::nfqueue::{NfQueue, QueuedPacket, Verdict};
 use ipvlan_sys::packet::{Batch, MAX_FRAME, PacketSocket, RxFrame, SendBatch, VNET_HDR_LEN};
@@ -41,7 +41,6 @@ use ipvlan_sys::raw::RawSender;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::counters::DropKind;
 use crate::{Plan, PlanSlave};
 
 const WAKER: Token = Token(0);
@@ -390,7 +389,7 @@ fn collect_drops(s: &PlanSlave) {
         && st.drops > 0
     {
         s.counters
-            .dropped_n(DropKind::QueueFull, u64::from(st.drops));
+            .dropped_n(DropReason::QueueFull, u64::from(st.drops));
     }
 }
 
@@ -430,29 +429,36 @@ impl Switch {
 impl Io {
     fn deliver_queued(&self, plan: &Plan, p: &QueuedPacket<'_>, scratch: &mut [u8]) {
         let ip = p.payload;
-        let (dst, ethertype, l4_off, proto) = match ip.first().map(|b| b >> 4) {
-            Some(4) if ip.len() >= 20 => {
-                let d: [u8; 4] = ip[16..20].try_into().expect("length checked");
-                (
-                    IpAddr::from(d),
-                    0x0800u16,
-                    usize::from(ip[0] & 0x0f) * 4,
-                    ip[9],
-                )
-            }
-            Some(6) if ip.len() >= 40 => {
-                let d: [u8; 16] = ip[24..40].try_into().expect("length checked");
-                (IpAddr::from(d), 0x86dd, 40, ip[6])
-            }
-            _ => return,
+        let (dst, ethertype, l4_off, proto) = if let Ok(v4) = ipv4::Packet::new_checked(ip) {
+            (
+                IpAddr::V4(v4.dst()),
+                ethernet::ETHERTYPE_IPV4,
+                v4.header_len(),
+                v4.protocol(),
+            )
+        } else if let Ok(v6) = ipv6::Packet::new_checked(ip) {
+            (
+                IpAddr::V6(v6.dst()),
+                ethernet::ETHERTYPE_IPV6,
+                ipv6::HEADER_LEN,
+                v6.next_header(),
+            )
+        } else {
+            return;
         };
         let Some(i) = plan.snap.table.owner(&dst).and_then(|id| plan.position(id)) else {
             return;
         };
         let to = &plan.slaves[i];
-        let len = VNET_HDR_LEN + 14 + ip.len();
+        let master = plan.snap.master_mac;
+        let eth = ethernet::Repr {
+            dst: master,
+            src: p.hwaddr.unwrap_or(master),
+            ethertype,
+        };
+        let len = VNET_HDR_LEN + eth.buffer_len(ip.len());
         if len > scratch.len() {
-            to.counters.dropped(DropKind::Malformed);
+            to.counters.dropped(DropReason::Malformed);
             return;
         }
         let mut hdr = VnetHdr::default();
@@ -464,29 +470,28 @@ impl Io {
             };
             if csum_offset != 0 {
                 hdr.flags = ipvlan_core::wire::vnet::F_NEEDS_CSUM;
-                hdr.csum_start = (14 + l4_off) as u16;
+                hdr.csum_start = (ethernet::HEADER_LEN + l4_off) as u16;
                 hdr.csum_offset = csum_offset;
             }
         }
         if hdr.emit(&mut scratch[..VNET_HDR_LEN]).is_err() {
             return;
         }
-        let master = plan.snap.master_mac;
-        let f = &mut scratch[VNET_HDR_LEN..len];
-        f[0..6].copy_from_slice(&master);
-        f[6..12].copy_from_slice(&p.hwaddr.unwrap_or(master));
-        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        f[14..].copy_from_slice(ip);
+        let Ok(mut frame) = ethernet::Frame::new_checked(&mut scratch[VNET_HDR_LEN..len]) else {
+            return;
+        };
+        eth.emit(&mut frame);
+        frame.payload_mut().copy_from_slice(ip);
         match to.sock.send(&scratch[..len]) {
             Ok(_) => to.counters.rx(len - VNET_HDR_LEN),
-            Err(_) => to.counters.dropped(DropKind::QueueFull),
+            Err(_) => to.counters.dropped(DropReason::QueueFull),
         }
     }
 
     /// A frame the kernel could not keep for the socket `rx` reads.
     fn lost(&self, rx: &Rx<'_>) {
         match rx.from {
-            Some(i) => rx.plan.slaves[i].counters.dropped(DropKind::QueueFull),
+            Some(i) => rx.plan.slaves[i].counters.dropped(DropReason::QueueFull),
             None => {
                 self.master_counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -503,12 +508,12 @@ impl Io {
             let counters = |i: u32| &plan.slaves[i as usize].counters;
             match (tag & TO_WIRE != 0, sent) {
                 (false, true) => counters(tag).rx(len),
-                (false, false) => counters(tag).dropped(DropKind::QueueFull),
+                (false, false) => counters(tag).dropped(DropReason::QueueFull),
                 (true, true) => {}
                 (true, false) if tag & !TO_WIRE == FROM_WIRE => {
                     self.master_counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                (true, false) => counters(tag & !TO_WIRE).dropped(DropKind::QueueFull),
+                (true, false) => counters(tag & !TO_WIRE).dropped(DropReason::QueueFull),
             }
         });
     }
@@ -545,7 +550,7 @@ impl Io {
                 .rx_frames
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let blame = |why: DropKind| match sender {
+        let blame = |why: DropReason| match sender {
             Some(c) => c.dropped(why),
             None => {
                 self.master_counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -553,17 +558,6 @@ impl Io {
         };
         let to_wire = TO_WIRE | rx.from.map_or(FROM_WIRE, |i| i as u32);
         let wire = self.master.ifindex();
-        // A slave sending with a source MAC that is not the master's (which it carries)
-        // is forging it: such frames never leave, in either backend (the kernel driver
-        // does not police this; ipvlan-rs does, issue 5).
-        if sender.is_some()
-            && frame
-                .get(6..12)
-                .is_some_and(|src| src != plan.snap.master_mac)
-        {
-            blame(DropKind::Spoof);
-            return;
-        }
         match decide(&plan.snap, rx.ingress, frame) {
             Decision::Pass => {}
             // Unicast the kernel backend already switched: this is the tap's copy.
@@ -574,19 +568,18 @@ impl Io {
                     let to = plan.slaves[i].sock.ifindex();
                     self.queue(plan, out, to, whole, i as u32);
                 }
-                None => blame(DropKind::Other),
+                None => blame(DropReason::Other),
             },
             Decision::ToWire => self.queue(plan, out, wire, whole, to_wire),
             Decision::Flood {
                 origin,
                 to_wire: wire_too,
             } => {
-                let dst: [u8; 6] = frame[..6].try_into().expect("decide checked the length");
-                for s in &plan.snap.slaves {
-                    if Some(s.id) == origin || !s.up || !s.mc.accepts(&dst) {
-                        continue;
-                    }
-                    if let Some(i) = plan.position(s.id) {
+                let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+                    return;
+                };
+                for id in plan.snap.flood_targets(origin, eth.dst()) {
+                    if let Some(i) = plan.position(id) {
                         let to = plan.slaves[i].sock.ifindex();
                         self.queue(plan, out, to, whole, i as u32);
                     }
@@ -595,28 +588,22 @@ impl Io {
                     self.queue(plan, out, wire, whole, to_wire);
                 }
             }
-            Decision::ToMasterStack => blame(DropKind::NoOwner),
+            Decision::ToMasterStack => blame(DropReason::NoOwner),
             Decision::Route => match (&self.raw, VnetHdr::parse(whole)) {
                 (Some(raw), Ok(hdr)) => {
                     let mut failed = false;
                     match gso::segment(frame, &hdr, scratch, |pkt| {
                         failed |= raw.send(pkt).is_err();
                     }) {
-                        Ok(_) if failed => blame(DropKind::NoRoute),
+                        Ok(_) if failed => blame(DropReason::NoRoute),
                         Ok(_) => {}
-                        Err(_) => blame(DropKind::Malformed),
+                        Err(_) => blame(DropReason::Malformed),
                     }
                 }
-                (None, _) => blame(DropKind::NoOwner),
-                (_, Err(_)) => blame(DropKind::Malformed),
+                (None, _) => blame(DropReason::NoOwner),
+                (_, Err(_)) => blame(DropReason::Malformed),
             },
-            Decision::Drop(why) => blame(match why {
-                DropReason::Private => DropKind::Private,
-                DropReason::Runt | DropReason::Malformed => DropKind::Malformed,
-                DropReason::L3Multicast | DropReason::NotIp => DropKind::L3Filtered,
-                DropReason::SourceGuard => DropKind::SourceGuard,
-                _ => DropKind::Other,
-            }),
+            Decision::Drop(why) => blame(why),
         }
     }
 }

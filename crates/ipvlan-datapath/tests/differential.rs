@@ -20,7 +20,9 @@
 //!
 //! * frames whose destination MAC is unicast: `ToSlave(T)` comes out at `slvT` only,
 //!   `ToWire` at `wire` only, everything else (`Drop`, `ToMasterStack`, `Pass`) nowhere;
-//!   a `Drop(Private)` is counted in `private_N`, a `Drop(SourceGuard)` in `guard_N`;
+//!   a `Drop(Private)`, `Drop(Spoof)` (a slave sending with a source MAC other than the
+//!   master's) or `Drop(SourceGuard)` is counted in the counter of that reason for the
+//!   sending slave (`private_N`, `spoof_N`, `source_guard_N`: `compile::drop_counter`);
 //! * `Route` (L3 egress, spec §4.2 step 3; L3S's stays with userspace) is the host
 //!   end's program's, routed by
 //!   the kernel in the master's namespace (`eth0` holds 192.0.2.200/24 and
@@ -33,9 +35,11 @@
 //! * frames whose destination MAC is a group address are userspace's (fan-out, and the
 //!   L3 ARP/DAD diversion of spec §5.3): the program delivers them nowhere, whatever
 //!   `decide()` says;
-//! * the documented deviation: a frame a slave sends with a source MAC other than the
-//!   master's is not switched (dropped, counted in `spoof_N`), whatever `decide()` says;
 //! * runts (shorter than an Ethernet header) cannot even be sent.
+//!
+//! Every slave sends frames with a forged source MAC (`F>…`) of every kind the corpus
+//! has: to another slave, to the wire, to the master's stack, from its own address
+//! (which the source guard would let through), malformed, non-IP.
 //!
 //! Each batch (the corpus from one ingress) is sent in one go, then every socket is
 //! drained for [`SETTLE`]; frames are told apart by their bytes (each carries a unique
@@ -62,7 +66,8 @@ use std::time::{Duration, Instant};
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
 use ipvlan_core::fastpath::{self, Attach, Maps, SlaveEntry, Spec};
 use ipvlan_core::{
-    Decision, Flags, Ingress, MacAddr, McFilter, Mode, Port, PortSnapshot, SlaveId, compile, decide,
+    Decision, DropReason, Flags, Ingress, MacAddr, McFilter, Mode, Port, PortSnapshot, SlaveId,
+    compile, decide,
 };
 use ipvlan_sys::NetNs;
 use ipvlan_sys::bpf::{Map, Prog};
@@ -841,6 +846,30 @@ fn corpus(batch: u32) -> Vec<(&'static str, Vec<u8>)> {
         }),
         ("ip4 F>O to unknown", |mk| udp4(O, F, v4(100), UNKNOWN4, mk)),
         ("ip4 F>F to s2", |mk| udp4(F, F, v4(100), v4(2), mk)),
+        // A slave forging its MAC but not its address (what the source guard passes).
+        ("ip4 F>M s1 to s2", |mk| udp4(M, F, v4(1), v4(2), mk)),
+        ("ip4 F>M s2 to s1", |mk| udp4(M, F, v4(2), v4(1), mk)),
+        ("ip6 F>M s1 to s2", |mk| udp6(M, F, v6(1), v6(2), mk)),
+        ("ip4 F>O s1 to unknown", |mk| {
+            udp4(O, F, v4(1), UNKNOWN4, mk)
+        }),
+        ("ip6 F>O s2 to unknown", |mk| {
+            udp6(O, F, v6(2), UNKNOWN6, mk)
+        }),
+        ("ip4 F>F s1 to s2", |mk| udp4(F, F, v4(1), v4(2), mk)),
+        ("ip4 F>M s1 to unknown", |mk| {
+            udp4(M, F, v4(1), UNKNOWN4, mk)
+        }),
+        ("arp-reply F>M s1 to s2", |mk| {
+            arp(M, F, ArpOperation::REPLY, v4(1), v4(2), mk)
+        }),
+        ("ip4 IHL=3 F>M s1 to s2", |mk| {
+            let mut f = udp4(M, F, v4(1), v4(2), mk);
+            f[ETH] = 0x43;
+            f
+        }),
+        ("0x88b5 F>M", |mk| raw(M, F, 0x88b5, mk)),
+        ("0x88b5 F>O", |mk| raw(O, F, 0x88b5, mk)),
         // Group destinations.
         ("arp-req M>bcast for s2", |mk| {
             arp(BCAST, M, ArpOperation::REQUEST, v4(1), v4(2), mk)
@@ -921,12 +950,6 @@ fn program_share(
     if frame[0] & 1 != 0 {
         return (out, "group: userspace");
     }
-    if let Ingress::Slave(s) = ingress
-        && frame[6..12] != M
-    {
-        out.counted.insert(compile::spoof_counter(s), 1);
-        return (out, "spoof: deviation");
-    }
     let why = match d {
         Decision::ToSlave(t) => {
             out.places
@@ -937,15 +960,12 @@ fn program_share(
             out.places.insert(Place::Wire);
             ""
         }
-        Decision::Drop(ipvlan_core::DropReason::Private) => {
+        // The drops the program counts, each in the counter of its reason.
+        Decision::Drop(
+            why @ (DropReason::Private | DropReason::Spoof | DropReason::SourceGuard),
+        ) => {
             if let Ingress::Slave(s) = ingress {
-                out.counted.insert(compile::private_counter(s), 1);
-            }
-            ""
-        }
-        Decision::Drop(ipvlan_core::DropReason::SourceGuard) => {
-            if let Ingress::Slave(s) = ingress {
-                out.counted.insert(compile::guard_counter(s), 1);
+                out.counted.insert(compile::drop_counter(why, s), 1);
             }
             ""
         }

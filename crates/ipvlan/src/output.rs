@@ -74,13 +74,7 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
                 c.rx_bytes, c.rx_packets, c.rx_dropped, c.tx_bytes, c.tx_packets, c.tx_dropped
             );
             for (why, n) in &c.drops {
-                s += &format!(
-                    "    dropped {}: {n}\n",
-                    serde_json::to_value(why)
-                        .unwrap_or(Value::Null)
-                        .as_str()
-                        .unwrap_or("?")
-                );
+                s += &format!("    dropped {why}: {n}\n");
             }
         }
     }
@@ -125,12 +119,7 @@ pub fn json(links: &[SlaveView], style: Style) -> Value {
                     let drops: serde_json::Map<String, Value> = c
                         .drops
                         .iter()
-                        .map(|(w, n)| {
-                            (
-                                serde_json::to_value(w).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-                                json!(n),
-                            )
-                        })
+                        .map(|(why, n)| (why.as_str().to_string(), json!(n)))
                         .collect();
                     o["stats64"] = json!({
                         "rx": { "bytes": c.rx_bytes, "packets": c.rx_packets, "dropped": c.rx_dropped },

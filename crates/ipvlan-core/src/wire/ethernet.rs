@@ -3,6 +3,9 @@
 //! The checked constructor requires the 14-byte header. VLAN tags are not parsed:
 //! like the kernel after hardware tag stripping, the port keys on the outermost
 //! ethertype, and a tagged frame simply carries ethertype 0x8100.
+//!
+//! [`Repr`] is the header as plain fields: frames are built with [`Repr::emit`], through
+//! the same view that reads them.
 
 use super::{Error, be16, mac_at};
 use crate::MacAddr;
@@ -86,6 +89,36 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     }
 }
 
+/// An Ethernet header as plain fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Repr {
+    pub dst: MacAddr,
+    pub src: MacAddr,
+    pub ethertype: u16,
+}
+
+impl Repr {
+    pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> Self {
+        Repr {
+            dst: frame.dst(),
+            src: frame.src(),
+            ethertype: frame.ethertype(),
+        }
+    }
+
+    /// The length of a frame with this header and `payload_len` bytes of payload.
+    pub const fn buffer_len(&self, payload_len: usize) -> usize {
+        HEADER_LEN + payload_len
+    }
+
+    /// Writes the header into `frame`; its payload is left as it is.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, frame: &mut Frame<T>) {
+        frame.set_dst(self.dst);
+        frame.set_src(self.src);
+        frame.set_ethertype(self.ethertype);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +164,44 @@ mod tests {
             buf[..15],
             [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x86, 0xdd, 0x60]
         );
+    }
+
+    #[test]
+    fn repr_parses_what_it_emits() {
+        let f = Frame::new_checked(&ARP_BCAST[..]).unwrap();
+        let repr = Repr::parse(&f);
+        assert_eq!(
+            repr,
+            Repr {
+                dst: [0xff; 6],
+                src: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+                ethertype: ETHERTYPE_ARP,
+            }
+        );
+        assert_eq!(repr.buffer_len(2), ARP_BCAST.len());
+        let mut buf = [0u8; 16];
+        buf[14..].copy_from_slice(&[0xaa, 0xbb]);
+        let mut out = Frame::new_checked(&mut buf[..]).unwrap();
+        repr.emit(&mut out);
+        assert_eq!(buf, ARP_BCAST);
+    }
+
+    #[test]
+    fn emit_writes_the_header_only() {
+        static IPV6_TO_SLAVE: [u8; 15] = [
+            0x52, 0x54, 0x00, 0x12, 0x34, 0x56, // dst: the master's MAC
+            0x02, 0x00, 0x00, 0x00, 0x00, 0x99, // src: the gateway's
+            0x86, 0xdd, // IPv6
+            0x60, // payload, untouched
+        ];
+        let mut buf = [0x11u8; 15];
+        buf[14] = 0x60;
+        let repr = Repr {
+            dst: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            src: [0x02, 0x00, 0x00, 0x00, 0x00, 0x99],
+            ethertype: ETHERTYPE_IPV6,
+        };
+        repr.emit(&mut Frame::new_checked(&mut buf[..]).unwrap());
+        assert_eq!(buf, IPV6_TO_SLAVE);
     }
 }

@@ -9,10 +9,10 @@ use ipvlan_sys::{NetNs, nft};
 
 use super::coalesce::{Coalescing, Staging, staging};
 use super::tables::{Gen, Listed};
-use crate::DropKind;
+use ipvlan_core::{DropReason, compile};
 
 /// Frames the kernel backend's program dropped for one slave, by reason.
-pub type ProgramDrops = (SlaveId, DropKind, u64);
+pub type ProgramDrops = (SlaveId, DropReason, u64);
 
 /// One port's nft tables.
 #[derive(Debug, Default)]
@@ -102,7 +102,7 @@ impl Nft {
 }
 
 /// What the kernel backend's program in table `table` of `ns` dropped, per slave and
-/// reason (its named counters `private_<id>`, `spoof_<id>`, `guard_<id>`).
+/// reason (its counters named by `compile::drop_counter`).
 pub(super) fn program_drops(ns: &NetNs, table: &str) -> Vec<ProgramDrops> {
     match nft::query(ns, &["-j", "list", "counters", "table", "netdev", table]) {
         Ok(json) => parse_drops(&json),
@@ -117,17 +117,11 @@ fn parse_drops(json: &str) -> Vec<ProgramDrops> {
     let mut out = Vec::new();
     for item in v["nftables"].as_array().into_iter().flatten() {
         let c = &item["counter"];
-        let Some((kind, id)) = c["name"].as_str().and_then(|n| n.split_once('_')) else {
-            continue;
-        };
-        let kind = match kind {
-            "private" => DropKind::Private,
-            "spoof" => DropKind::Spoof,
-            "guard" => DropKind::SourceGuard,
-            _ => continue,
-        };
-        if let (Ok(id), Some(n)) = (id.parse(), c["packets"].as_u64()) {
-            out.push((SlaveId(id), kind, n));
+        if let (Some((why, id)), Some(n)) = (
+            c["name"].as_str().and_then(compile::parse_drop_counter),
+            c["packets"].as_u64(),
+        ) {
+            out.push((id, why, n));
         }
     }
     out
@@ -142,14 +136,14 @@ mod tests {
         let json = r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
             {"counter":{"family":"netdev","name":"private_2","table":"ipvlan_rs_3","handle":4,"packets":7,"bytes":700}},
             {"counter":{"family":"netdev","name":"spoof_1","table":"ipvlan_rs_3","handle":5,"packets":1,"bytes":60}},
-            {"counter":{"family":"netdev","name":"guard_1","table":"ipvlan_rs_3","handle":6,"packets":0,"bytes":0}},
-            {"counter":{"family":"netdev","name":"other_1","table":"ipvlan_rs_3","handle":7,"packets":9,"bytes":9}}]}"#;
+            {"counter":{"family":"netdev","name":"source_guard_1","table":"ipvlan_rs_3","handle":6,"packets":0,"bytes":0}},
+            {"counter":{"family":"netdev","name":"chain_1","table":"ipvlan_rs_3","handle":7,"packets":9,"bytes":9}}]}"#;
         assert_eq!(
             parse_drops(json),
             vec![
-                (SlaveId(2), DropKind::Private, 7),
-                (SlaveId(1), DropKind::Spoof, 1),
-                (SlaveId(1), DropKind::SourceGuard, 0),
+                (SlaveId(2), DropReason::Private, 7),
+                (SlaveId(1), DropReason::Spoof, 1),
+                (SlaveId(1), DropReason::SourceGuard, 0),
             ]
         );
         assert!(parse_drops("not json").is_empty());

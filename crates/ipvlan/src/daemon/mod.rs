@@ -1029,7 +1029,7 @@ impl Daemon {
     }
 
     /// A port's host-end statistics by ifindex, and (kernel backend) the frames the
-    /// program dropped per slave and reason (`private`, `spoof`).
+    /// program dropped per slave and reason (`private`, `spoof`, `source_guard`).
     fn port_counters(
         &mut self,
         pi: usize,
