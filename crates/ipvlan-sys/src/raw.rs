@@ -2,7 +2,11 @@
 //! master as output device".
 //!
 //! A [`RawSender`] holds one IPv4 and one IPv6 `SOCK_RAW`/`IPPROTO_RAW` socket, opened in
-//! the master's namespace and bound to the master device (`SO_BINDTOIFINDEX`). A packet
+//! the master's namespace; the IPv4 one bound to the master device (`SO_BINDTOIFINDEX`),
+//! the IPv6 one naming it in each packet's `IPV6_PKTINFO` together with the packet's
+//! source, which makes the route lookup the driver's own (the device preferred, not
+//! required, for a global destination; a more specific route elsewhere, such as a
+//! blackhole, wins). A packet
 //! handed to [`RawSender::send`] carries its own IP header (`IPPROTO_RAW` implies
 //! `IP_HDRINCL`, and on IPv6 the equivalent); the kernel routes it by its destination with
 //! the bound device as output interface, resolves the next hop's MAC on the master,
@@ -21,7 +25,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
+use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg, sendto};
 
 use crate::sock::{cvt, setsockopt_int};
 
@@ -50,12 +54,20 @@ fn open_one(family: libc::c_int, ifindex: u32, mark: u32) -> io::Result<OwnedFd>
         // Implied by IPPROTO_RAW; stated so that it does not depend on that rule.
         setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
     }
-    setsockopt_int(
-        &fd,
-        libc::SOL_SOCKET,
-        libc::SO_BINDTOIFINDEX,
-        ifindex as libc::c_int,
-    )?;
+    if family == libc::AF_INET {
+        setsockopt_int(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTOIFINDEX,
+            ifindex as libc::c_int,
+        )?;
+    } else {
+        // Not bound: a bound socket makes every IPv6 route lookup strict about the
+        // device, where the driver's is only for scoped destinations or an unspecified
+        // source (see `RawSender::send`). Free binding lets each packet name its own
+        // (foreign) source in IPV6_PKTINFO.
+        setsockopt_int(&fd, libc::SOL_IPV6, libc::IPV6_FREEBIND, 1)?;
+    }
     setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)?;
     // Room for bursts; SO_SNDBUFFORCE ignores the sysctl cap as root.
     let _ = setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
@@ -106,11 +118,23 @@ impl RawSender {
                         "IPv6 is not available in this namespace",
                     )
                 })?;
-                sendto(
+                // The route lookup the driver makes (spec §4.2): output device the
+                // master and the packet's own source, so the device is only preferred
+                // for a global destination from a real source, and required for a
+                // scoped one or from `::`.
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: source_v6(ip_packet)?.octets(),
+                    },
+                    ipi6_ifindex: self.ifindex,
+                };
+                let iov = [std::io::IoSlice::new(ip_packet)];
+                sendmsg(
                     fd.as_raw_fd(),
-                    ip_packet,
-                    &SockaddrIn6::from(sockaddr_v6(dst, self.ifindex)),
+                    &iov,
+                    &[ControlMessage::Ipv6PacketInfo(&info)],
                     MsgFlags::MSG_DONTWAIT,
+                    Some(&SockaddrIn6::from(sockaddr_v6(dst, self.ifindex))),
                 )?
             }
         };
@@ -152,6 +176,15 @@ pub fn destination(ip_packet: &[u8]) -> io::Result<IpAddr> {
         Some(_) => Err(invalid("not an IPv4 or IPv6 packet")),
         None => Err(invalid("empty packet")),
     }
+}
+
+/// The source address in an IPv6 header (at least 40 bytes: see [`destination`]).
+fn source_v6(ip_packet: &[u8]) -> io::Result<Ipv6Addr> {
+    let s: [u8; 16] = ip_packet
+        .get(8..24)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| invalid("IPv6 packet shorter than its header"))?;
+    Ok(Ipv6Addr::from(s))
 }
 
 /// The `sendto` address for an IPv4 destination: port 0.
@@ -383,6 +416,8 @@ mod root_tests {
         a.ip(&["addr", "add", "fd77::1/64", "dev", "va", "nodad"]);
         b.ip(&["addr", "add", "fd77::2/64", "dev", "vb", "nodad"]);
         a.ip(&["link", "set", "va", "up"]);
+        a.ip(&["-6", "route", "add", "fd78::/32", "dev", "va"]);
+        a.ip(&["-6", "route", "add", "blackhole", "fd78:0:0:1::/64"]);
         b.ip(&["link", "set", "vb", "up"]);
         // Our mark is visible to netfilter: drop marked packets to port 9003.
         sh(&[
@@ -442,6 +477,18 @@ mod root_tests {
                     &[7u8; 2000],
                 );
                 let e = tx.send(&big).err().and_then(|e| e.raw_os_error());
+                // The driver's IPv6 lookup: a more specific blackhole wins over a
+                // route through the device (a socket bound to the device would skip it).
+                let blackholed = tx
+                    .send(&udp6(
+                        "fd77::1".parse().unwrap(),
+                        "fd78:0:0:1::5".parse().unwrap(),
+                        9002,
+                        b"x",
+                    ))
+                    .err()
+                    .and_then(|e| e.raw_os_error());
+                assert_eq!(blackholed, Some(libc::EINVAL), "sent past a blackhole");
                 let short = tx.send(&[0x45, 0, 0]).unwrap_err().kind();
                 assert_eq!(short, io::ErrorKind::InvalidInput);
                 (dropped, e)
