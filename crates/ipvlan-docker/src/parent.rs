@@ -40,8 +40,15 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A dummy link, or where the kernel has no dummy driver (`CONFIG_DUMMY`), a veth pair
+/// whose peer `dp-…` stays unused beside it: either is a master that reaches nothing.
 pub fn create_dummy(name: &str) -> Result<(), String> {
-    ip(&["link", "add", name, "type", "dummy"])?;
+    if let Err(e) = ip(&["link", "add", name, "type", "dummy"]) {
+        let peer = format!("dp-{}", name.trim_start_matches("di-"));
+        ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])
+            .map_err(|v| format!("{e}; as a veth pair: {v}"))?;
+        ip(&["link", "set", &peer, "up"])?;
+    }
     ip(&["link", "set", name, "up"])
 }
 
