@@ -766,6 +766,29 @@ fn docker_networks_of_ipvlan_rs() {
         "{dummy} removed"
     );
 
+    // --- dockerd restarts: the plugin still knows the networks ----------------------
+    w.stop_dockerd();
+    w.start_dockerd();
+    w.docker_ok(&["start", "c0", "c1"]);
+    let (c0, _) = w.addrs("c0", "n2");
+    let (_, c1v6) = w.addrs("c1", "n2");
+    assert!(w.exec("c1", &ping(&c0)), "c1 -> c0 after a dockerd restart");
+    assert!(
+        w.exec("c0", &ping(&c1v6)),
+        "c0 -> c1 (IPv6) after a dockerd restart"
+    );
+    w.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n3",
+        IMAGE,
+        "sh",
+        "-c",
+        &ping("10.88.13.1"),
+    ]);
+    eprintln!("== dockerd restart checked after {:?}", started.elapsed());
+
     // --- teardown: nothing left ---------------------------------------------------
     for c in ["c0", "c1", "p0", "p1", "r0", "r1"] {
         w.docker_ok(&["rm", "-f", c]);
