@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
 
-use crate::sock::{cvt, setsockopt_int};
+use crate::sock::{cvt, ifindex_c, setsockopt_int};
 
 /// Sends header-included IPv4 and IPv6 packets out of one device.
 #[derive(Debug)]
@@ -54,9 +54,10 @@ fn open_one(family: libc::c_int, ifindex: u32, mark: u32) -> io::Result<OwnedFd>
         &fd,
         libc::SOL_SOCKET,
         libc::SO_BINDTOIFINDEX,
-        ifindex as libc::c_int,
+        ifindex_c(ifindex)?,
     )?;
-    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)?;
+    // The kernel reads the mark's 32 bits back as a u32.
+    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark.cast_signed())?;
     // Room for bursts; SO_SNDBUFFORCE ignores the sysctl cap as root.
     let _ = setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
     // Nothing is ever read from these sockets.
@@ -289,7 +290,7 @@ mod root_tests {
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
-        !(sum as u16)
+        !u16::try_from(sum).expect("folded to 16 bits")
     }
 
     fn sum16(data: &[u8]) -> u32 {
@@ -299,7 +300,7 @@ mod root_tests {
     }
 
     fn udp(src_port: u16, dst_port: u16, payload: &[u8], pseudo: &[u8]) -> Vec<u8> {
-        let len = (8 + payload.len()) as u16;
+        let len = u16::try_from(8 + payload.len()).expect("a test datagram");
         let mut u = Vec::new();
         u.extend_from_slice(&src_port.to_be_bytes());
         u.extend_from_slice(&dst_port.to_be_bytes());
@@ -315,7 +316,7 @@ mod root_tests {
     }
 
     fn udp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let ulen = (8 + payload.len()) as u16;
+        let ulen = u16::try_from(8 + payload.len()).expect("a test datagram");
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&src.octets());
         pseudo.extend_from_slice(&dst.octets());
@@ -337,7 +338,7 @@ mod root_tests {
     }
 
     fn udp6(src: Ipv6Addr, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let ulen = (8 + payload.len()) as u16;
+        let ulen = u16::try_from(8 + payload.len()).expect("a test datagram");
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&src.octets());
         pseudo.extend_from_slice(&dst.octets());
