@@ -6,6 +6,8 @@
 //! none answers), moved into `CNI_NETNS`, renamed to `CNI_IFNAME` and configured with the
 //! addresses and routes of the delegated IPAM plugin.
 
+#![forbid(unsafe_code)]
+
 mod cni;
 mod daemon;
 mod ipam;

@@ -168,7 +168,7 @@ fn temp_name(env: &Env) -> String {
             .map(|d| d.as_nanos())
             .unwrap_or_default(),
     );
-    format!("ipvc{:08x}", h.finish() as u32)
+    format!("ipvc{:08x}", h.finish() & 0xffff_ffff)
 }
 
 /// Removes link `name` of namespace `ns` if it is there: through the daemon (so it

@@ -10,6 +10,8 @@
 //!
 //! Root only (the tests panic otherwise); nothing touches the machine's own interfaces.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
@@ -54,7 +56,7 @@ fn run_with_timeout(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Outpu
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid is a pid_t"));
     let mut input = child.stdin.take().expect("stdin piped");
     let data = stdin.to_vec();
     thread::spawn(move || {
@@ -379,7 +381,7 @@ impl Drop for World {
             eprintln!("{}", self.diag());
         }
         if let Some(mut d) = self.daemon.take() {
-            let pid = nix::unistd::Pid::from_raw(d.id() as i32);
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(d.id()).expect("a pid is a pid_t"));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while matches!(d.try_wait(), Ok(None)) && Instant::now() < deadline {

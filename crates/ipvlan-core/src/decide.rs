@@ -627,7 +627,7 @@ mod tests {
         assert_eq!(key(&edit(0, 0x65), KeyDir::Dest), None, "version 6");
         let total = f.len() - ETH;
         assert_eq!(
-            key(&edit(3, total as u8 + 1), KeyDir::Dest),
+            key(&edit(3, u8::try_from(total).unwrap() + 1), KeyDir::Dest),
             None,
             "total > present"
         );

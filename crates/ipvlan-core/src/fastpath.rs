@@ -265,7 +265,9 @@ impl Asm {
                 .find(|(x, _)| *x == l)
                 .map(|(_, i)| *i)
                 .expect("every label used is placed");
-            self.insns[at].off = (target as i64 - at as i64 - 1) as i16;
+            let off = i64::try_from(target).unwrap() - i64::try_from(at).unwrap() - 1;
+            self.insns[at].off =
+                i16::try_from(off).expect("a jump reaches at most 32767 instructions");
         }
         self.insns
     }
@@ -413,7 +415,7 @@ impl Asm {
             Access::Abs => (u32::from_be_bytes(w), u16::from_be_bytes(h)),
         };
         self.ld(acc, W, off);
-        self.jmp32_imm(JNE, R0, w as i32, otherwise);
+        self.jmp32_imm(JNE, R0, w.cast_signed(), otherwise); // compared as 32 bits
         self.ld(acc, H, off + 4);
         self.jmp32_imm(JNE, R0, i32::from(h), otherwise);
     }
@@ -502,7 +504,7 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
                 }
                 a.label(Label::L2Wire);
             }
-            a.mov_imm(R1, spec.master as i32);
+            a.mov_imm(R1, spec.master.cast_signed()); // the helper reads a u32 ifindex
             a.mov_imm(R2, 0);
             a.take(verdict, HELPER_REDIRECT);
             if !to_slaves {
@@ -626,7 +628,7 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
         a.lookup(maps.local6, KEY6);
         a.label(Label::Send);
         a.jmp_imm(JNE, R0, 0, Label::Pass);
-        a.mov_imm(R1, spec.master as i32);
+        a.mov_imm(R1, spec.master.cast_signed()); // the helper reads a u32 ifindex
         a.mov_imm(R2, 0);
         a.mov_imm(R3, 0);
         a.mov_imm(R4, 0);
@@ -742,10 +744,11 @@ mod tests {
                     let op = insn.code & 0xf0;
                     let wide = insn.code == LD | DW;
                     if (class == JMP || class == JMP32) && op != CALL && op != EXIT {
-                        let t = i as i64 + 1 + i64::from(insn.off);
+                        let t = i64::try_from(i).unwrap() + 1 + i64::from(insn.off);
                         assert!(insn.off >= 0, "forward jumps only, at {i}");
-                        assert!((t as usize) < p.len(), "jump at {i} leaves the program");
-                        reached[t as usize] = true;
+                        let t = usize::try_from(t).unwrap();
+                        assert!(t < p.len(), "jump at {i} leaves the program");
+                        reached[t] = true;
                     }
                     let falls = !(class == JMP && (op == EXIT || op == JA));
                     if falls && i + 1 < p.len() {

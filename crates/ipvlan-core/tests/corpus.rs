@@ -2,6 +2,8 @@
 //! points the targets use, so every seed (and every crash ever minimised into it) runs
 //! in the normal test suite.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use ipvlan_core::fuzzing::{decide_input, gso_input, wire_input};

@@ -1,5 +1,7 @@
 //! Properties of the port core over random ports and frames.
 
+#![forbid(unsafe_code)]
+
 use core::net::IpAddr;
 use ipvlan_core::wire::vnet::VnetHdr;
 use ipvlan_core::wire::{BROADCAST, is_multicast};

@@ -9,6 +9,8 @@
 //! picture of the port (its snapshot and the sockets of its slaves) swapped in
 //! atomically whenever the port changes, so the switching thread reads it without locks.
 
+#![forbid(unsafe_code)]
+
 pub mod counters;
 pub mod guard;
 pub mod kernel;
@@ -107,7 +109,7 @@ impl Plan {
             .unwrap_or(0);
         let mut by_id = vec![u32::MAX; top + 1];
         for (i, s) in slaves.iter().enumerate() {
-            by_id[usize::from(s.id.0)] = i as u32;
+            by_id[usize::from(s.id.0)] = u32::try_from(i).expect("a slave per u16 id");
         }
         Self {
             snap,

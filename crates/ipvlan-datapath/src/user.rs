@@ -68,6 +68,12 @@ pub const STATS_EVERY: Duration = Duration::from_millis(500);
 const TO_WIRE: u32 = 1 << 31;
 const FROM_WIRE: u32 = TO_WIRE - 1;
 
+/// The tag a frame queued for (or from) the slave at position `i` carries: below
+/// [`TO_WIRE`], as positions are indices of `by_id`'s `u32`s.
+fn slave_tag(i: usize) -> u32 {
+    u32::try_from(i).expect("a slave position is a u32")
+}
+
 fn slave_token(id: SlaveId) -> Token {
     Token(2 + id.0 as usize)
 }
@@ -303,7 +309,9 @@ impl Switch {
         let (ingress, from) = if token == MASTER {
             (Ingress::Master, None)
         } else {
-            let id = SlaveId((token.0 - 2) as u16);
+            let Ok(id) = u16::try_from(token.0 - 2).map(SlaveId) else {
+                return false;
+            };
             match plan.position(id) {
                 Some(i) => (Ingress::Slave(id), Some(i)),
                 None => return false,
@@ -470,7 +478,12 @@ impl Io {
             };
             if csum_offset != 0 {
                 hdr.flags = ipvlan_core::wire::vnet::F_NEEDS_CSUM;
-                hdr.csum_start = (ethernet::HEADER_LEN + l4_off) as u16;
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "an Ethernet header and an IP header (IPv4's at most 60 bytes)"
+                )]
+                let csum_start = (ethernet::HEADER_LEN + l4_off) as u16;
+                hdr.csum_start = csum_start;
                 hdr.csum_offset = csum_offset;
             }
         }
@@ -556,7 +569,7 @@ impl Io {
                 self.master_counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         };
-        let to_wire = TO_WIRE | rx.from.map_or(FROM_WIRE, |i| i as u32);
+        let to_wire = TO_WIRE | rx.from.map_or(FROM_WIRE, slave_tag);
         let wire = self.master.ifindex();
         match decide(&plan.snap, rx.ingress, frame) {
             Decision::Pass => {}
@@ -566,7 +579,7 @@ impl Io {
             Decision::ToSlave(id) => match plan.position(id) {
                 Some(i) => {
                     let to = plan.slaves[i].sock.ifindex();
-                    self.queue(plan, out, to, whole, i as u32);
+                    self.queue(plan, out, to, whole, slave_tag(i));
                 }
                 None => blame(DropReason::Other),
             },
@@ -581,7 +594,7 @@ impl Io {
                 for id in plan.snap.flood_targets(origin, eth.dst()) {
                     if let Some(i) = plan.position(id) {
                         let to = plan.slaves[i].sock.ifindex();
-                        self.queue(plan, out, to, whole, i as u32);
+                        self.queue(plan, out, to, whole, slave_tag(i));
                     }
                 }
                 if wire_too {

@@ -55,6 +55,8 @@
 //! Root only: panics with a clear message otherwise. Each port runs in its own
 //! namespace, so the tests run in parallel.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io;
@@ -174,7 +176,9 @@ impl Scratch {
         let v: serde_json::Value = serde_json::from_slice(&out).expect("ip -j output");
         v[0]["ifindex"]
             .as_u64()
-            .unwrap_or_else(|| panic!("no ifindex for {dev}: {v}")) as u32
+            .unwrap_or_else(|| panic!("no ifindex for {dev}: {v}"))
+            .try_into()
+            .expect("an ifindex is a u32")
     }
 
     /// Writes a sysctl of this namespace (from a thread inside it).
@@ -348,7 +352,7 @@ impl Rig {
         for (i, id) in ids.iter_mut().enumerate() {
             *id = port.add_slave().expect("add_slave");
             port.set_slave_up(*id, UP[i]);
-            let n = i as u8 + 1;
+            let n = u8::try_from(i).unwrap() + 1;
             port.add_addr(*id, IpAddr::from(v4(n))).expect("add v4");
             port.add_addr(*id, IpAddr::from(v6(n))).expect("add v6");
             port.set_mc_filter(*id, McFilter::new());
@@ -578,7 +582,7 @@ impl Rig {
 /// A unique marker carried in every frame that has room for one.
 fn marker(batch: u32, idx: usize) -> [u8; 8] {
     let mut m = *b"DIFF\0\0\0\0";
-    m[4..].copy_from_slice(&((batch << 8) | idx as u32).to_be_bytes());
+    m[4..].copy_from_slice(&((batch << 8) | u32::try_from(idx).unwrap()).to_be_bytes());
     m
 }
 
@@ -1218,7 +1222,7 @@ fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), 
     for i in 0..SLAVES {
         run_batch(
             &rig,
-            i as u32 + 1,
+            u32::try_from(i).unwrap() + 1,
             Some(i),
             &mut rows,
             &mut noise,

@@ -3,6 +3,8 @@
 //! ipvlan driver would, with slaves made by the ipvlan-rs daemon. It runs in dockerd's
 //! network namespace: parents and new slaves are resolved there.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod control;
 mod driver;

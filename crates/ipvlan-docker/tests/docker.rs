@@ -15,6 +15,8 @@
 //! busybox is missing (`sudo ./x deps` installs them). Nothing touches the machine's own
 //! interfaces.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -55,7 +57,7 @@ fn is_static_elf64(elf: &[u8]) -> bool {
     };
     let u64_at = |o: usize| {
         elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok())
     };
     if !elf.starts_with(b"\x7fELF\x02\x01") {
         return false;
@@ -82,7 +84,7 @@ fn run(cmd: &mut Command) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid is a pid_t"));
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -329,7 +331,7 @@ impl World {
     fn stop_dockerd(&mut self) {
         if let Some(mut c) = self.dockerd.take() {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("a pid is a pid_t")),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(30);

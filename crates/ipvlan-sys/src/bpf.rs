@@ -11,6 +11,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::sock::fd_u32;
+
 const MAP_CREATE: libc::c_long = 0;
 const MAP_UPDATE_ELEM: libc::c_long = 2;
 const MAP_DELETE_ELEM: libc::c_long = 3;
@@ -30,16 +32,22 @@ const F_REPLACE: u32 = 1 << 2;
 
 /// `union bpf_attr`, zeroed, written field by field at the kernel's offsets.
 #[repr(C, align(8))]
-struct Attr([u8; 128]);
+struct Attr([u8; ATTR_SIZE as usize]);
+
+const ATTR_SIZE: u32 = 128;
 
 impl Attr {
     fn new() -> Self {
-        Self([0; 128])
+        Self([0; ATTR_SIZE as usize])
     }
 
     fn u32(mut self, off: usize, v: u32) -> Self {
         self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
         self
+    }
+
+    fn fd(self, off: usize, fd: &impl AsRawFd) -> Self {
+        self.u32(off, fd_u32(fd.as_raw_fd()))
     }
 
     fn u64(mut self, off: usize, v: u64) -> Self {
@@ -65,14 +73,7 @@ fn ptr<T>(p: *const T) -> u64 {
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size passed, whose pointer
     // fields (set by the callers) point at buffers that outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            attr.0.len() as libc::c_uint,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), ATTR_SIZE) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -82,8 +83,9 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
 
 fn bpf_fd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
     let fd = bpf(cmd, attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf(2) returned no descriptor"))?;
     // SAFETY: these commands return a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A BPF hash map.
@@ -97,10 +99,15 @@ pub struct Map {
 impl Map {
     /// A hash map of up to `max` entries, allocated as entries are added.
     pub fn hash(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Self> {
+        let size = |n: usize| {
+            u32::try_from(n).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a map key or value over 4 GiB")
+            })
+        };
         let mut a = Attr::new()
             .u32(0, MAP_TYPE_HASH)
-            .u32(4, key_size as u32)
-            .u32(8, value_size as u32)
+            .u32(4, size(key_size)?)
+            .u32(8, size(value_size)?)
             .u32(12, max)
             .u32(16, F_NO_PREALLOC)
             .name(28, name);
@@ -120,7 +127,7 @@ impl Map {
     pub fn set(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         self.sizes(key, Some(value))?;
         let mut a = Attr::new()
-            .u32(0, self.fd.as_raw_fd() as u32)
+            .fd(0, &self.fd)
             .u64(8, ptr(key.as_ptr()))
             .u64(16, ptr(value.as_ptr()));
         bpf(MAP_UPDATE_ELEM, &mut a).map(drop)
@@ -129,9 +136,7 @@ impl Map {
     /// Removes `key`; one that is not there is no error.
     pub fn remove(&self, key: &[u8]) -> io::Result<()> {
         self.sizes(key, None)?;
-        let mut a = Attr::new()
-            .u32(0, self.fd.as_raw_fd() as u32)
-            .u64(8, ptr(key.as_ptr()));
+        let mut a = Attr::new().fd(0, &self.fd).u64(8, ptr(key.as_ptr()));
         match bpf(MAP_DELETE_ELEM, &mut a) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r.map(drop),
@@ -177,14 +182,21 @@ impl Prog {
 
     fn load(prog_type: u32, name: &str, insns: &[[u8; 8]]) -> io::Result<Self> {
         let license = c"Dual MIT/GPL";
+        let count = u32::try_from(insns.len()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a BPF program over 2^32 instructions",
+            )
+        })?;
         let load = |log: &mut [u8], level: u32| {
+            let log_len = u32::try_from(log.len()).expect("the log buffer is 64 KiB");
             let mut a = Attr::new()
                 .u32(0, prog_type)
-                .u32(4, insns.len() as u32)
+                .u32(4, count)
                 .u64(8, ptr(insns.as_ptr()))
                 .u64(16, ptr(license.as_ptr()))
                 .u32(24, level)
-                .u32(28, log.len() as u32)
+                .u32(28, log_len)
                 // No buffer, no pointer: the kernel refuses a pointer of length 0.
                 .u64(
                     32,
@@ -221,10 +233,10 @@ impl Prog {
     pub fn attach_tcx_ingress(&self, ifindex: u32, replace: Option<&Prog>) -> io::Result<()> {
         let mut a = Attr::new()
             .u32(0, ifindex)
-            .u32(4, self.fd.as_raw_fd() as u32)
+            .fd(4, &self.fd)
             .u32(8, ATTACH_TCX_INGRESS);
         if let Some(old) = replace {
-            a = a.u32(12, F_REPLACE).u32(16, old.fd.as_raw_fd() as u32);
+            a = a.u32(12, F_REPLACE).fd(16, &old.fd);
         }
         bpf(PROG_ATTACH, &mut a).map(drop)
     }
@@ -233,7 +245,7 @@ impl Prog {
     pub fn detach_tcx_ingress(&self, ifindex: u32) -> io::Result<()> {
         let mut a = Attr::new()
             .u32(0, ifindex)
-            .u32(4, self.fd.as_raw_fd() as u32)
+            .fd(4, &self.fd)
             .u32(8, ATTACH_TCX_INGRESS);
         bpf(PROG_DETACH, &mut a).map(drop)
     }
@@ -250,8 +262,8 @@ impl Prog {
         // `struct bpf_prog_info` up to and including its name.
         let mut info = [0u8; 80];
         let mut a = Attr::new()
-            .u32(0, self.fd.as_raw_fd() as u32)
-            .u32(4, info.len() as u32)
+            .fd(0, &self.fd)
+            .u32(4, u32::try_from(info.len()).expect("80 bytes"))
             .u64(8, ptr(info.as_mut_ptr()));
         bpf(OBJ_GET_INFO_BY_FD, &mut a)?;
         let name = &info[64..80];
@@ -267,7 +279,7 @@ pub fn tcx_ingress_named(ifindex: u32, pick: impl Fn(&str) -> bool) -> io::Resul
         .u32(0, ifindex)
         .u32(4, ATTACH_TCX_INGRESS)
         .u64(16, ptr(ids.as_mut_ptr()))
-        .u32(24, ids.len() as u32);
+        .u32(24, u32::try_from(ids.len()).expect("64 ids"));
     bpf(PROG_QUERY, &mut a)?;
     let n = (a.get_u32(24) as usize).min(ids.len());
     let mut out = Vec::new();

@@ -450,10 +450,15 @@ impl NetlinkDeserializable for NfMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sock::abi_u8;
 
     fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(
+            &u32::try_from(NLMSG_HDRLEN + payload.len())
+                .unwrap()
+                .to_ne_bytes(),
+        );
         m.extend_from_slice(&ty.to_ne_bytes());
         m.extend_from_slice(&flags.to_ne_bytes());
         m.extend_from_slice(&seq.to_ne_bytes());
@@ -472,7 +477,7 @@ mod tests {
 
     #[test]
     fn a_netfilter_message_round_trips() {
-        let msg = NfMessage::new(3, 2, libc::AF_UNSPEC as u8, 0x0105)
+        let msg = NfMessage::new(3, 2, const { abi_u8(libc::AF_UNSPEC) }, 0x0105)
             .attr(1, [1u8, 0, 0, 0])
             .attr(2, [0u8, 0, 0xff, 0xff, 2]);
         let bytes = encode(msg.clone(), NLM_F_REQUEST | NLM_F_ACK, 9);

@@ -28,6 +28,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::MacAddr;
 use crate::netlink::{Frames, NFGENMSG_LEN, NfMessage, Nfnetlink, Socket, attrs, frames};
+use crate::sock::abi_u8;
 
 /// A buffer of this size holds any datagram the queue sends: a 64 KiB packet copy
 /// plus its headers and attributes.
@@ -148,7 +149,7 @@ fn config_request(queue: u16) -> NfMessage {
     NfMessage::new(
         NFNL_SUBSYS_QUEUE,
         NFQNL_MSG_CONFIG,
-        libc::AF_UNSPEC as u8,
+        const { abi_u8(libc::AF_UNSPEC) },
         queue,
     )
     // struct nfqnl_msg_config_cmd { u8 command; u8 pad; be16 pf; } — pf is unused by
@@ -171,7 +172,13 @@ fn verdict_request(queue: u16, id: u32, verdict: Verdict, batch: bool) -> NfMess
     let mut hdr = [0u8; 8];
     hdr[0..4].copy_from_slice(&verdict.code().to_be_bytes());
     hdr[4..8].copy_from_slice(&id.to_be_bytes());
-    NfMessage::new(NFNL_SUBSYS_QUEUE, msg, libc::AF_UNSPEC as u8, queue).attr(NFQA_VERDICT_HDR, hdr)
+    NfMessage::new(
+        NFNL_SUBSYS_QUEUE,
+        msg,
+        const { abi_u8(libc::AF_UNSPEC) },
+        queue,
+    )
+    .attr(NFQA_VERDICT_HDR, hdr)
 }
 
 fn bad(msg: &'static str) -> io::Error {
@@ -367,13 +374,18 @@ mod tests {
         hdr.push(HOOK_PRE_ROUTING);
         let mut hw = 6u16.to_be_bytes().to_vec();
         hw.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 9, 0, 0]);
-        let msg = NfMessage::new(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET, libc::AF_INET as u8, 5)
-            .attr(NFQA_PACKET_HDR, hdr)
-            .attr(NFQA_MARK, 0xabcdu32.to_be_bytes())
-            .attr(NFQA_IFINDEX_INDEV, 7u32.to_be_bytes())
-            .attr(NFQA_HWADDR, hw)
-            .attr(NFQA_SKB_INFO, SKB_GSO.to_be_bytes())
-            .attr(NFQA_PAYLOAD, payload);
+        let msg = NfMessage::new(
+            NFNL_SUBSYS_QUEUE,
+            NFQNL_MSG_PACKET,
+            const { abi_u8(libc::AF_INET) },
+            5,
+        )
+        .attr(NFQA_PACKET_HDR, hdr)
+        .attr(NFQA_MARK, 0xabcdu32.to_be_bytes())
+        .attr(NFQA_IFINDEX_INDEV, 7u32.to_be_bytes())
+        .attr(NFQA_HWADDR, hw)
+        .attr(NFQA_SKB_INFO, SKB_GSO.to_be_bytes())
+        .attr(NFQA_PAYLOAD, payload);
         let mut m = encode(msg, 0, 0);
         // Flag bits in the type are ignored: NLA_F_NET_BYTEORDER on the payload.
         let at = m.len() - align(4 + payload.len());
@@ -384,7 +396,11 @@ mod tests {
 
     fn error_msg(code: i32) -> Vec<u8> {
         let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HDRLEN + 4 + NLMSG_HDRLEN) as u32).to_ne_bytes());
+        m.extend_from_slice(
+            &u32::try_from(NLMSG_HDRLEN + 4 + NLMSG_HDRLEN)
+                .unwrap()
+                .to_ne_bytes(),
+        );
         m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
         m.extend_from_slice(&[0u8; 10]);
         m.extend_from_slice(&code.to_ne_bytes());
@@ -402,7 +418,7 @@ mod tests {
         assert_eq!(all.len(), 3);
         let p = all[0].as_ref().unwrap();
         assert_eq!(p.id, 41);
-        assert_eq!(p.family, libc::AF_INET as u8);
+        assert_eq!(p.family, const { abi_u8(libc::AF_INET) });
         assert_eq!(p.hw_protocol, 0x0800);
         assert_eq!(p.hook, HOOK_PRE_ROUTING);
         assert_eq!(p.mark, 0xabcd);
@@ -441,7 +457,7 @@ mod tests {
         assert_eq!(m.len(), 16 + 4 + 8 + 12 + 8 + 8 + 8);
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()),
-            m.len() as u32
+            u32::try_from(m.len()).unwrap()
         );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 0x0302);
         assert_eq!(&m[18..20], &[0x01, 0x05]);

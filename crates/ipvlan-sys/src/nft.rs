@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use crate::NetNs;
 use crate::netlink::{NfMessage, Nfnetlink, Socket};
+use crate::sock::abi_u8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -109,7 +110,7 @@ impl Generation {
         let request = NfMessage::new(
             NFNL_SUBSYS_NFTABLES,
             NFT_MSG_GETGEN,
-            libc::AF_UNSPEC as u8,
+            const { abi_u8(libc::AF_UNSPEC) },
             0,
         );
         // Without NLM_F_ACK the exchange ends at the one answer.
@@ -163,7 +164,7 @@ mod tests {
         let req = NfMessage::new(
             NFNL_SUBSYS_NFTABLES,
             NFT_MSG_GETGEN,
-            libc::AF_UNSPEC as u8,
+            const { abi_u8(libc::AF_UNSPEC) },
             0,
         );
         let bytes = encode(req, netlink_packet_core::NLM_F_REQUEST, 3);

@@ -18,12 +18,11 @@
 use std::cell::Cell;
 use std::io;
 use std::marker::PhantomData;
-use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::sock::{cvt, setsockopt_int};
+use crate::sock::{abi_u16, cvt, ifindex_c, setsockopt_int, socklen_of};
 
 /// Length of the virtio-net header that prefixes every frame.
 pub const VNET_HDR_LEN: usize = 10;
@@ -33,9 +32,9 @@ pub const VNET_HDR_LEN: usize = 10;
 pub const MAX_FRAME: usize = VNET_HDR_LEN + 65536 + 14;
 
 /// Bytes per ring slot: the slot header, the virtio-net header and a 1514-byte frame fit.
-const SLOT: usize = 2048;
+const SLOT: u32 = 2048;
 /// Ring memory is allocated in blocks of one page (order-0 pages never fail).
-const RING_BLOCK: usize = 4096;
+const RING_BLOCK: u32 = 4096;
 
 /// What a [`PacketSocket`] is given to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,15 +100,15 @@ impl PacketSocket {
 
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
+        sll.sll_family = const { abi_u16(libc::AF_PACKET) };
+        sll.sll_protocol = const { abi_u16(libc::ETH_P_ALL) }.to_be();
+        sll.sll_ifindex = ifindex_c(ifindex)?;
         // SAFETY: `sll` is a valid sockaddr_ll and the length is its size.
         cvt(unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                socklen_of::<libc::sockaddr_ll>(),
             )
         })?;
         Ok(Self { fd, ifindex, ring })
@@ -142,7 +141,7 @@ impl PacketSocket {
             tp_drops: 0,
             tp_freeze_q_cnt: 0,
         };
-        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+        let mut len = socklen_of::<libc::tpacket_stats_v3>();
         // SAFETY: `st` is writable for `len` bytes and `len` is a valid in/out length.
         cvt(unsafe {
             libc::getsockopt(
@@ -167,7 +166,7 @@ impl PacketSocket {
     pub fn set_filter(&self, filter: Filter) -> io::Result<()> {
         const ACCEPT: u32 = 0x0004_0000; // bytes to keep: any frame, super-frames too
         let ins = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
-            code: code as u16,
+            code: u16::try_from(code).expect("a classic BPF opcode fits 16 bits"),
             jt,
             jf,
             k,
@@ -184,7 +183,7 @@ impl PacketSocket {
             ],
         };
         let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
+            len: u16::try_from(prog.len()).expect("at most four instructions"),
             filter: prog.as_ptr().cast_mut(),
         };
         // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies
@@ -195,7 +194,7 @@ impl PacketSocket {
                 libc::SOL_SOCKET,
                 libc::SO_ATTACH_FILTER,
                 (&fprog as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as libc::socklen_t,
+                socklen_of::<libc::sock_fprog>(),
             )
         })
         .map(drop)
@@ -226,7 +225,7 @@ impl PacketSocket {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
+        let n = n.unsigned_abs();
         if n > buf.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -247,11 +246,7 @@ impl PacketSocket {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -292,11 +287,11 @@ impl Ring {
         setsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_VERSION, version)?;
         // Frames longer than a slot are queued whole for `recv` as well.
         setsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, 1)?;
-        let per_block = (RING_BLOCK / SLOT) as u32;
+        let per_block = RING_BLOCK / SLOT;
         let req = libc::tpacket_req {
-            tp_block_size: RING_BLOCK as u32,
+            tp_block_size: RING_BLOCK,
             tp_block_nr: slots / per_block,
-            tp_frame_size: SLOT as u32,
+            tp_frame_size: SLOT,
             tp_frame_nr: slots,
         };
         // SAFETY: `req` is a valid tpacket_req and the length passed is its size.
@@ -306,10 +301,10 @@ impl Ring {
                 libc::SOL_PACKET,
                 libc::PACKET_RX_RING,
                 (&req as *const libc::tpacket_req).cast(),
-                size_of::<libc::tpacket_req>() as libc::socklen_t,
+                socklen_of::<libc::tpacket_req>(),
             )
         })?;
-        let len = slots as usize * SLOT;
+        let len = slots as usize * SLOT as usize;
         // SAFETY: maps the ring just configured on `fd`, `len` bytes, at an address the
         // kernel chooses; the result is checked before use.
         let map = unsafe {
@@ -336,7 +331,7 @@ impl Ring {
     fn slot(&self, i: u32) -> *mut u8 {
         let i = (i % self.slots) as usize;
         // SAFETY: `i < slots`, so the offset stays inside the `slots * SLOT` mapping.
-        unsafe { self.map.as_ptr().add(i * SLOT) }
+        unsafe { self.map.as_ptr().add(i * SLOT as usize) }
     }
 
     /// The status word at the start of slot `i`, shared with the kernel.
@@ -352,7 +347,12 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the region mapped in `new`; no reader borrows it any
         // more (a reader borrows the socket that owns `self`).
-        unsafe { libc::munmap(self.map.as_ptr().cast(), self.slots as usize * SLOT) };
+        unsafe {
+            libc::munmap(
+                self.map.as_ptr().cast(),
+                self.slots as usize * SLOT as usize,
+            )
+        };
     }
 }
 
@@ -399,7 +399,7 @@ impl RingReader<'_> {
         let (hdr, bytes) = unsafe {
             (
                 slot.cast::<libc::tpacket2_hdr>().read(),
-                std::slice::from_raw_parts(slot.cast_const(), SLOT),
+                std::slice::from_raw_parts(slot.cast_const(), SLOT as usize),
             )
         };
         let mac = usize::from(hdr.tp_mac);
@@ -516,9 +516,11 @@ impl<'d> Batch<'_, 'd> {
             iov_len: frame.len(),
         };
         let a = &mut b.addrs[i];
-        a.sll_family = libc::AF_PACKET as u16;
-        a.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        a.sll_ifindex = ifindex as i32;
+        a.sll_family = const { abi_u16(libc::AF_PACKET) };
+        a.sll_protocol = const { abi_u16(libc::ETH_P_ALL) }.to_be();
+        // No device has index 0: a frame for an index out of the kernel's range fails
+        // to send (ENXIO) and is reported as not sent.
+        a.sll_ifindex = i32::try_from(ifindex).unwrap_or(0);
         b.tags[i] = tag;
         b.len += 1;
         true
@@ -532,7 +534,7 @@ impl<'d> Batch<'_, 'd> {
         for i in 0..n {
             let m = &mut b.msgs[i];
             m.msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_ll).cast();
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_ll>();
             m.msg_hdr.msg_iov = &mut b.iovs[i];
             m.msg_hdr.msg_iovlen = 1;
             m.msg_len = 0;
@@ -546,7 +548,8 @@ impl<'d> Batch<'_, 'd> {
                 libc::sendmmsg(
                     sock.fd.as_raw_fd(),
                     b.msgs[at..n].as_mut_ptr(),
-                    (n - at) as libc::c_uint,
+                    // The kernel sends at most UIO_MAXIOV at a time anyway.
+                    libc::c_uint::try_from(n - at).unwrap_or(libc::c_uint::MAX),
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -560,8 +563,9 @@ impl<'d> Batch<'_, 'd> {
                     at += 1;
                 }
                 k => {
-                    b.sent[at..at + k as usize].fill(true);
-                    at += k as usize;
+                    let k = k.unsigned_abs() as usize;
+                    b.sent[at..at + k].fill(true);
+                    at += k;
                 }
             }
         }

@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg, sendto};
 
-use crate::sock::{cvt, setsockopt_int};
+use crate::sock::{cvt, ifindex_c, setsockopt_int};
 
 /// Sends header-included IPv4 and IPv6 packets out of one device.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub struct RawSender {
     ifindex: u32,
 }
 
-/// Opens one raw socket of `family`, bound to `ifindex`, with `mark`.
+/// Opens one raw socket of `family` for device `ifindex` (IPv4: bound to it), with `mark`.
 fn open_one(family: libc::c_int, ifindex: u32, mark: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = cvt(unsafe {
@@ -59,7 +59,7 @@ fn open_one(family: libc::c_int, ifindex: u32, mark: u32) -> io::Result<OwnedFd>
             &fd,
             libc::SOL_SOCKET,
             libc::SO_BINDTOIFINDEX,
-            ifindex as libc::c_int,
+            ifindex_c(ifindex)?,
         )?;
     } else {
         // Not bound: a bound socket makes every IPv6 route lookup strict about the
@@ -68,7 +68,8 @@ fn open_one(family: libc::c_int, ifindex: u32, mark: u32) -> io::Result<OwnedFd>
         // (foreign) source in IPV6_PKTINFO.
         setsockopt_int(&fd, libc::SOL_IPV6, libc::IPV6_FREEBIND, 1)?;
     }
-    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)?;
+    // The kernel reads the mark's 32 bits back as a u32.
+    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark.cast_signed())?;
     // Room for bursts; SO_SNDBUFFORCE ignores the sysctl cap as root.
     let _ = setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
     // Nothing is ever read from these sockets.
@@ -322,7 +323,7 @@ mod root_tests {
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
-        !(sum as u16)
+        !u16::try_from(sum).expect("folded to 16 bits")
     }
 
     fn sum16(data: &[u8]) -> u32 {
@@ -332,7 +333,7 @@ mod root_tests {
     }
 
     fn udp(src_port: u16, dst_port: u16, payload: &[u8], pseudo: &[u8]) -> Vec<u8> {
-        let len = (8 + payload.len()) as u16;
+        let len = u16::try_from(8 + payload.len()).expect("a test datagram");
         let mut u = Vec::new();
         u.extend_from_slice(&src_port.to_be_bytes());
         u.extend_from_slice(&dst_port.to_be_bytes());
@@ -348,7 +349,7 @@ mod root_tests {
     }
 
     fn udp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let ulen = (8 + payload.len()) as u16;
+        let ulen = u16::try_from(8 + payload.len()).expect("a test datagram");
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&src.octets());
         pseudo.extend_from_slice(&dst.octets());
@@ -370,7 +371,7 @@ mod root_tests {
     }
 
     fn udp6(src: Ipv6Addr, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let ulen = (8 + payload.len()) as u16;
+        let ulen = u16::try_from(8 + payload.len()).expect("a test datagram");
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&src.octets());
         pseudo.extend_from_slice(&dst.octets());

@@ -34,6 +34,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
 use crate::netlink::{self, Rtnetlink, Socket, frames};
+use crate::sock::{abi_u8, fd_u32, ifindex_c};
 use crate::{MacAddr, NetNs};
 
 const RTM_NEWMULTICAST: u16 = 56;
@@ -266,7 +267,7 @@ impl NetlinkSerializable for RtnlMessage {
                         IpAddr::V4(v4) => v4.octets().to_vec(),
                         IpAddr::V6(v6) => v6.octets().to_vec(),
                     };
-                    let len = 4 + octets.len() as u16;
+                    let len = 4 + u16::try_from(octets.len()).expect("4 or 16 octets");
                     buffer[8..10].copy_from_slice(&len.to_ne_bytes());
                     buffer[10..12].copy_from_slice(&IFA_MULTICAST.to_ne_bytes());
                     buffer[12..].copy_from_slice(&octets);
@@ -621,10 +622,11 @@ impl Rtnl {
     pub fn set_ingress_bpf(&mut self, index: u32, prog: Option<(i32, &str)>) -> Result<()> {
         // The filter's priority, and ETH_P_ALL in network order: tcm_info.
         const INFO: u32 = (1 << 16) | 0x0300;
+        let index = ifindex_c(index)?;
         let filter = |attributes| {
             let mut m = TcMessage::default();
             m.header = TcHeader {
-                index: index as i32,
+                index,
                 handle: TcHandle { major: 0, minor: 1 },
                 parent: TcHandle {
                     major: u16::MAX,
@@ -649,9 +651,12 @@ impl Rtnl {
                 r => r,
             };
         };
+        let prog_fd = u32::try_from(fd).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a negative program descriptor")
+        })?;
         let mut q = TcMessage::default();
         q.header = TcHeader {
-            index: index as i32,
+            index,
             handle: TcHandle {
                 major: u16::MAX,
                 minor: 0,
@@ -670,7 +675,7 @@ impl Rtnl {
         let m = filter(vec![
             TcAttribute::Kind("bpf".into()),
             TcAttribute::Options(vec![
-                TcOption::Bpf(TcFilterBpfOption::ProgFd(fd as u32)),
+                TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
                 TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
                 TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
             ]),
@@ -783,7 +788,7 @@ impl Rtnl {
     /// Multicast groups joined on every interface (IPv4 and IPv6).
     pub fn mcasts(&mut self) -> Result<Vec<Mcast>> {
         let mut out = Vec::new();
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for family in const { [abi_u8(libc::AF_INET), abi_u8(libc::AF_INET6)] } {
             let req = RtnlMessage::Mcast {
                 message_type: RTM_GETMULTICAST,
                 family,
@@ -849,7 +854,7 @@ impl Rtnl {
     /// The id this namespace gives to `ns` (`RTM_GETNSID`), if it has one.
     pub fn nsid_of(&mut self, ns: &NetNs) -> Result<Option<i32>> {
         let mut m = NsidMessage::default();
-        m.attributes.push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+        m.attributes.push(NsidAttribute::Fd(fd_u32(ns.as_raw_fd())));
         for answer in self.exchange(RouteNetlinkMessage::GetNsId(m), 0)? {
             if let RtnlMessage::Route(RouteNetlinkMessage::NewNsId(r)) = answer {
                 for a in r.attributes {
@@ -968,13 +973,13 @@ mod tests {
     #[test]
     fn parses_an_ipv6_multicast_message() {
         let mut m = vec![0u8; NLMSG_HDRLEN];
-        m.extend_from_slice(&[libc::AF_INET6 as u8, 128, 0, 0]);
+        m.extend_from_slice(&[abi_u8(libc::AF_INET6), 128, 0, 0]);
         m.extend_from_slice(&7u32.to_ne_bytes());
         m.extend_from_slice(&20u16.to_ne_bytes());
         m.extend_from_slice(&IFA_MULTICAST.to_ne_bytes());
         let g: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
         m.extend_from_slice(&g.octets());
-        let len = m.len() as u32;
+        let len = u32::try_from(m.len()).unwrap();
         m[0..4].copy_from_slice(&len.to_ne_bytes());
         m[4..6].copy_from_slice(&RTM_NEWMULTICAST.to_ne_bytes());
         let msg = decode_one(&m);
@@ -989,11 +994,11 @@ mod tests {
         assert_eq!(decode_one(&encode(msg.clone(), 0, 0)), msg);
         assert!(frames(&m[..m.len() - 1]).next().unwrap().is_err());
         // A group of the wrong length for its family is no event.
-        m[NLMSG_HDRLEN] = libc::AF_INET as u8;
+        m[NLMSG_HDRLEN] = abi_u8(libc::AF_INET);
         assert_eq!(to_event(decode_one(&m)), None);
         // A message too short for its ifaddrmsg does not decode.
         let mut short = m[..NLMSG_HDRLEN + 4].to_vec();
-        let len = short.len() as u32;
+        let len = u32::try_from(short.len()).unwrap();
         short[0..4].copy_from_slice(&len.to_ne_bytes());
         assert!(
             frames(&short)
@@ -1009,13 +1014,13 @@ mod tests {
     fn a_multicast_dump_request_is_an_ifaddrmsg() {
         let req = RtnlMessage::Mcast {
             message_type: RTM_GETMULTICAST,
-            family: libc::AF_INET6 as u8,
+            family: abi_u8(libc::AF_INET6),
             index: 0,
             group: None,
         };
         let bytes = encode(req.clone(), NLM_F_REQUEST | NLM_F_DUMP, 3);
         assert_eq!(bytes.len(), NLMSG_HDRLEN + IFADDRMSG_LEN);
-        assert_eq!(bytes[NLMSG_HDRLEN], libc::AF_INET6 as u8);
+        assert_eq!(bytes[NLMSG_HDRLEN], abi_u8(libc::AF_INET6));
         assert_eq!(decode_one(&bytes), req);
     }
 

@@ -99,9 +99,9 @@ fn super_frame(payload: usize) -> Vec<u8> {
     let h = &mut f[..VNET_HDR_LEN];
     h[0] = 1;
     h[1] = 1;
-    h[2..4].copy_from_slice(&((eth + ip + tcp) as u16).to_ne_bytes());
+    h[2..4].copy_from_slice(&u16::try_from(eth + ip + tcp).unwrap().to_ne_bytes());
     h[4..6].copy_from_slice(&1448u16.to_ne_bytes());
-    h[6..8].copy_from_slice(&((eth + ip) as u16).to_ne_bytes());
+    h[6..8].copy_from_slice(&u16::try_from(eth + ip).unwrap().to_ne_bytes());
     h[8..10].copy_from_slice(&16u16.to_ne_bytes());
     let e = &mut f[VNET_HDR_LEN..];
     e[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xbb]);
@@ -109,7 +109,7 @@ fn super_frame(payload: usize) -> Vec<u8> {
     e[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let i = &mut e[eth..eth + ip];
     i[0] = 0x45;
-    i[2..4].copy_from_slice(&((ip + tcp + payload) as u16).to_be_bytes());
+    i[2..4].copy_from_slice(&u16::try_from(ip + tcp + payload).unwrap().to_be_bytes());
     i[8] = 64;
     i[9] = 6;
     i[12..16].copy_from_slice(&[10, 0, 0, 1]);
@@ -119,8 +119,8 @@ fn super_frame(payload: usize) -> Vec<u8> {
     t[2..4].copy_from_slice(&5201u16.to_be_bytes());
     t[12] = 5 << 4;
     t[13] = 0x10; // ACK
-    for (k, b) in e[eth + ip + tcp..].iter_mut().enumerate() {
-        *b = k as u8;
+    for (b, k) in e[eth + ip + tcp..].iter_mut().zip((0..=u8::MAX).cycle()) {
+        *b = k;
     }
     f
 }

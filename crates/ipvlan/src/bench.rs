@@ -217,8 +217,10 @@ impl KillAfter {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+            i32::try_from(pid).is_ok_and(|pid| {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+            })
         });
         KillAfter { done, fired }
     }
@@ -413,7 +415,8 @@ impl Drop for Daemon {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|&p| p != self.child.id());
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("a pid is a pid_t"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < end {
@@ -618,7 +621,13 @@ fn udp_latency(ns0: &str, ns1: &str, n: usize) -> anyhow::Result<Vec<f64>> {
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "p is in [0, 1]: the rounded index is in 0..len"
+    )]
+    let at = ((v.len() - 1) as f64 * p).round() as usize;
+    v[at]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -925,9 +934,8 @@ fn clean_up_on_signals() -> anyhow::Result<()> {
             let daemons = DAEMON_PIDS
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for &pid in daemons.iter() {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            for pid in daemons.iter().filter_map(|&pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
             if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
                 for e in dir.flatten() {
@@ -981,6 +989,11 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
     clean_up_on_signals()?;
     let rounds = if args.quick { 1 } else { args.rounds.max(1) };
     let secs = args.seconds.unwrap_or(if args.quick { 2 } else { 5 });
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a float-to-int `as` saturates: a scale below zero (or NaN) gives 0, so 1"
+    )]
     let scale = |n: usize| ((n as f64 * args.slaves_scale).round() as usize).max(1);
     let plan = Plan {
         secs,

@@ -1,5 +1,7 @@
 //! `ipvlan`: the IPvlan device in userspace — CLI, daemon and demo in one binary.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod client;
 mod daemon;

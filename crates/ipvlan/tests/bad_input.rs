@@ -1,6 +1,8 @@
 //! Bad input gets a clear error naming the object, the iproute2 exit status (1 usage
 //! error, 2 refused by the system), and leaves no device behind. Root only (see `common`).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! 500/1000-slave parts scaled down to 10/20 slaves. Checks only that it finishes and
 //! prints its table; a benchmark's timings are never asserted. Root only.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::process::Command;

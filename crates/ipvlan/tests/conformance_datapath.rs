@@ -15,6 +15,8 @@
 //! Nothing here asserts on timing: what converges (the daemon learning an address, a
 //! group join or a mode) is polled with a deadline.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -45,7 +47,7 @@ fn add_l2_slave(t: &Topo, i: usize, flags: &[&str]) -> String {
     args.extend_from_slice(flags);
     let dev = add_slave(t, i, &args);
     let ns = t.ns(i);
-    let h = 10 + i as u32;
+    let h = 10 + u32::try_from(i).unwrap();
     ok(&format!("ip -n {ns} addr add {}/24 dev {dev}", t.v4(h)));
     ok(&format!("ip -n {ns} addr add {}/64 dev {dev}", t.v6(h)));
     ok(&format!(
@@ -197,7 +199,8 @@ impl Capture {
     /// Stops tcpdump (SIGTERM, so it flushes) and returns every captured line.
     fn stop(mut self) -> Vec<String> {
         if let Some(child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let pid =
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid is a pid_t"));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let mut child = child;
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -603,7 +606,7 @@ fn c17_multicast_fanout() {
     ok(&format!("ip -n {host} addr add {}/24 dev eth0", t.v4(254)));
     ok(&format!("ip -n {host} addr add {}/64 dev eth0", t.v6(254)));
     for i in 0..C17_SLAVES {
-        t.assert_ping(&router, &t.v4(10 + i as u32));
+        t.assert_ping(&router, &t.v4(10 + u32::try_from(i).unwrap()));
     }
     eprintln!("C17: {C17_SLAVES} slaves up in {:?}", started.elapsed());
 
@@ -617,7 +620,7 @@ fn c17_multicast_fanout() {
     let mut l6 = Vec::new();
     for idx in 0..C17_SLAVES {
         let (ns, dev) = (t.ns(idx).to_string(), format!("ipvl{idx}"));
-        let me: Ipv4Addr = t.v4(10 + idx as u32).parse().expect("v4");
+        let me: Ipv4Addr = t.v4(10 + u32::try_from(idx).unwrap()).parse().expect("v4");
         let gs = c17_groups(idx + 1);
         l4.push(Listener::start(
             &ns,

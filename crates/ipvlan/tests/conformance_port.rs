@@ -20,6 +20,8 @@
 //! No assertion depends on timing: whatever the daemon does after a command returns is
 //! polled with a deadline.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
@@ -702,7 +704,7 @@ fn c07_ipvlan_on_ipvlan() {
             assert_eq!(mac(&ns0, dev), master_mac, "{mode}: {dev} MAC");
             ok(&format!("ip -n {ns0} link set dev {dev} netns {ns}"));
             ok(&format!("ip -n {ns} link set dev {dev} up"));
-            let h = 21 + i as u32;
+            let h = 21 + u32::try_from(i).unwrap();
             ok(&format!("ip -n {ns} addr add {}/24 dev {dev}", t.v4(h)));
             ok(&format!("ip -n {ns} -6 addr add {}/64 dev {dev}", t.v6(h)));
             if mode != "l2" {

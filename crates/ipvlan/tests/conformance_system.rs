@@ -17,6 +17,8 @@
 //! learning or refusing an address, undoing a change, following the master) is polled
 //! with a deadline.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,7 +47,7 @@ const RECOVER: Duration = Duration::from_secs(15);
 fn add_l2_slave(t: &Topo, i: usize) -> String {
     let dev = add_slave(t, i, &["mode", "l2", "bridge"]);
     let ns = t.ns(i);
-    let h = 10 + i as u32;
+    let h = 10 + u32::try_from(i).unwrap();
     ok(&format!("ip -n {ns} addr add {}/24 dev {dev}", t.v4(h)));
     ok(&format!("ip -n {ns} addr add {}/64 dev {dev}", t.v6(h)));
     ok(&format!(
@@ -293,7 +295,7 @@ fn c09_concurrent_add_remove() {
         .collect();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).expect("the low 64 bits"))
         .unwrap_or(0x9e37_79b9);
     eprintln!("C9 seed: {seed:#x}");
     let end = Instant::now() + C9_CHURN;

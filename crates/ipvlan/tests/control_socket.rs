@@ -3,6 +3,8 @@
 //! its socket, creates its socket `0600` in a `0700` directory, and a caller that is
 //! not root (nor CAP_NET_ADMIN) is refused. Root only (a test changes user).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::os::unix::fs::{PermissionsExt, symlink};

@@ -4,6 +4,8 @@
 //! full socket buffers (a slave that never reads, a broadcast flood). Root only: fresh
 //! namespaces (see `common`).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ fn two_slaves(t: &Topo) {
         ok(&format!(
             "ip -n {} addr add {}/24 dev {dev}",
             t.ns(i),
-            t.v4(10 + i as u32)
+            t.v4(10 + u32::try_from(i).unwrap())
         ));
     }
     t.assert_ping(t.ns(0), &t.router_v4());
@@ -99,18 +101,18 @@ fn host_end(t: &Topo, dev: &str) -> String {
 /// An Ethernet+IPv4+UDP frame (virtio-net header first) from `src` to the router.
 fn frame(src: [u8; 6], dst: [u8; 6], from: [u8; 4], to: [u8; 4], marker: &[u8]) -> Vec<u8> {
     let mut udp = vec![0x30, 0x39, 0x30, 0x39];
-    udp.extend_from_slice(&((8 + marker.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&u16::try_from(8 + marker.len()).unwrap().to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(marker);
     let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    ip[2..4].copy_from_slice(&u16::try_from(20 + udp.len()).unwrap().to_be_bytes());
     ip.extend_from_slice(&from);
     ip.extend_from_slice(&to);
     let sum = ip
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
         .sum::<u32>();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    let sum = !u16::try_from((sum & 0xffff) + (sum >> 16)).expect("one fold suffices");
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let mut f = vec![0u8; 10];
     f.extend_from_slice(&dst);
@@ -151,7 +153,9 @@ fn repeat(frames: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
 fn ifindex(ns: &str, dev: &str) -> u32 {
     link_json(ns, dev)["ifindex"]
         .as_u64()
-        .unwrap_or_else(|| panic!("no ifindex for {dev} in {ns}")) as u32
+        .unwrap_or_else(|| panic!("no ifindex for {dev} in {ns}"))
+        .try_into()
+        .expect("an ifindex is a u32")
 }
 
 #[test]
@@ -160,7 +164,7 @@ fn frames_with_a_forged_source_mac_never_leave_the_master() {
     let t = Topo::new(2);
     two_slaves(&t);
     let (master, router) = wire_macs(&t);
-    let x = t.x as u8;
+    let x = u8::try_from(t.x).expect("x is an address octet");
     let (from, to) = ([10, x, 0, 10], [10, x, 0, 1]);
     let forged = frame(
         [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01],
@@ -569,7 +573,7 @@ fn malformed_and_oversized_frames_are_dropped_and_counted() {
     let t = Topo::new(2);
     two_slaves(&t);
     let (master, router) = wire_macs(&t);
-    let x = t.x as u8;
+    let x = u8::try_from(t.x).expect("x is an address octet");
     let (slave0, slave1, ext) = ([10, x, 0, 10], [10, x, 0, 11], [10, x, 0, 1]);
 
     // From a slave. In L3 every unicast it sends is parsed for routing, so a header

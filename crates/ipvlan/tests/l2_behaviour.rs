@@ -15,6 +15,8 @@
 //! No assertion depends on timing: everything that converges (the daemon learning an
 //! address, a group join or a flag) is polled with a deadline.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -52,11 +54,11 @@ fn setup_l2(t: &Topo, n: usize) {
             t.host,
             t.ns(i)
         ));
-        configure_slave(t, t.ns(i), &dev, 10 + i as u32);
+        configure_slave(t, t.ns(i), &dev, 10 + u32::try_from(i).unwrap());
     }
     for i in 0..n {
-        t.assert_ping(&t.router, &t.v4(10 + i as u32));
-        t.assert_ping(&t.router, &t.v6(10 + i as u32));
+        t.assert_ping(&t.router, &t.v4(10 + u32::try_from(i).unwrap()));
+        t.assert_ping(&t.router, &t.v6(10 + u32::try_from(i).unwrap()));
     }
 }
 

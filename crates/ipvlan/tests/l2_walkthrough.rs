@@ -10,6 +10,8 @@
 //!                       ROUTER: eth0 10.X.0.1 fd00:X::1
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

@@ -8,6 +8,8 @@
 //! ROUTER routes the slave's subnets back via HOST. ROUTER counts what arrives with
 //! named nftables counters.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,6 +1,8 @@
 //! What people script against: `ipvlan monitor` (text and JSON lines), `-j -s`
 //! counters, and the Prometheus endpoint. Root only: fresh namespaces (see `common`).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -164,7 +166,7 @@ fn counters_in_json_and_prometheus() {
         ok(&format!("ip -n {ns} link set dev {dev} up"));
         ok(&format!(
             "ip -n {ns} addr add {}/24 dev {dev}",
-            t.v4(10 + i as u32)
+            t.v4(10 + u32::try_from(i).unwrap())
         ));
     }
     t.assert_ping(t.ns(0), &t.v4(11));

@@ -1,6 +1,8 @@
 //! Restart without loss: the daemon killed (SIGKILL) or stopped (SIGTERM) under
 //! traffic, and a new one on the same socket takes every slave back. Root only.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -24,7 +26,7 @@ fn setup(t: &Topo) {
         ok(&format!("ip -n {ns} link set dev {dev} up"));
         ok(&format!(
             "ip -n {ns} addr add {}/24 dev {dev}",
-            t.v4(10 + i as u32)
+            t.v4(10 + u32::try_from(i).unwrap())
         ));
     }
     t.assert_ping(t.ns(0), &t.router_v4());
@@ -111,7 +113,9 @@ fn restart(sig: Signal) {
         // The new daemon's fast path replaced the old one's: one program on the master.
         let idx = link_json(&t.host, "eth0")["ifindex"]
             .as_u64()
-            .expect("ifindex") as u32;
+            .expect("ifindex")
+            .try_into()
+            .expect("an ifindex is a u32");
         let ns = ipvlan_sys::NetNs::open(format!("/run/netns/{}", t.host)).expect("host netns");
         let names: Vec<String> = ns
             .run(|| ipvlan_sys::bpf::tcx_ingress_named(idx, |n| n.starts_with("ipvlan_")))

@@ -4,6 +4,8 @@
 //! container would; a UDP listener on the router sees what left the master. Root only:
 //! fresh namespaces (see `common`).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -40,7 +42,9 @@ fn send_from(t: &Topo, i: usize, sources: &[String], tag: &str) {
     let dev = format!("ipvl{i}");
     let index = link_json(t.ns(i), &dev)["ifindex"]
         .as_u64()
-        .expect("ifindex") as u32;
+        .expect("ifindex")
+        .try_into()
+        .expect("an ifindex is a u32");
     in_netns(t.ns(i), move || {
         let sock = PacketSocket::open(index).expect("packet socket in the slave's namespace");
         for _ in 0..3 {
@@ -70,7 +74,7 @@ fn a_guarded_slave_can_only_send_from_its_own_addresses() {
         ok(&format!(
             "ip -n {} addr add {}/24 dev {dev}",
             t.ns(i),
-            t.v4(10 + i as u32)
+            t.v4(10 + u32::try_from(i).unwrap())
         ));
     }
     let listener = Listener::start(

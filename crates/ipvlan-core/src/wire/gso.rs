@@ -372,7 +372,7 @@ mod tests {
     }
 
     fn payload_bytes(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+        (0..n).map(|i| (i * 7 + i / 251).to_le_bytes()[0]).collect()
     }
 
     /// Folded one's-complement sum of the concatenation, without complement; written
@@ -387,7 +387,7 @@ mod tests {
             s += u32::from(u16::from_be_bytes([w[0], w[1]]));
             s = (s & 0xffff) + (s >> 16);
         }
-        s as u16
+        u16::try_from(s).expect("folded to 16 bits")
     }
 
     fn pseudo(ip: &[u8], v4: bool, proto: u8, l4_len: usize) -> Vec<u8> {
@@ -396,7 +396,7 @@ mod tests {
         } else {
             ip[8..40].to_vec()
         };
-        p.extend_from_slice(&(l4_len as u32).to_be_bytes());
+        p.extend_from_slice(&u32::try_from(l4_len).unwrap().to_be_bytes());
         p.extend_from_slice(&[0, 0, 0, proto]);
         p
     }
@@ -453,10 +453,10 @@ mod tests {
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
             gso_type,
-            hdr_len: (l4 + l4_hl) as u16,
+            hdr_len: u16::try_from(l4 + l4_hl).unwrap(),
             gso_size: s.mss,
-            csum_start: l4 as u16,
-            csum_offset: field as u16,
+            csum_start: u16::try_from(l4).unwrap(),
+            csum_offset: u16::try_from(field).unwrap(),
         };
         (frame, hdr)
     }
@@ -491,7 +491,10 @@ mod tests {
                 NetHeaders::Ipv4(ip, _) => {
                     assert!(s.v4);
                     assert_eq!(usize::from(ip.total_len), seg.len());
-                    assert_eq!(ip.identification, ID0.wrapping_add(i as u16));
+                    assert_eq!(
+                        ip.identification,
+                        ID0.wrapping_add(u16::try_from(i).unwrap())
+                    );
                     assert_eq!(ip.header_checksum, ip.calc_header_checksum());
                     assert_eq!(ones(&[&seg[..20]]), 0xffff);
                     20
@@ -506,7 +509,7 @@ mod tests {
             let proto = match h.transport.as_ref().unwrap() {
                 TransportHeader::Tcp(t) => {
                     assert!(!s.udp);
-                    let step = (i * mss) as u32;
+                    let step = u32::try_from(i * mss).unwrap();
                     assert_eq!(t.sequence_number, SEQ0.wrapping_add(step));
                     assert_eq!(t.acknowledgment_number, 77);
                     assert!(t.ack);
@@ -765,10 +768,13 @@ mod tests {
         assert_eq!(seg(&frame, &at(10, 16)), Err(GsoError::BadHeader));
         assert_eq!(seg(&frame, &at(30, 16)), Err(GsoError::BadHeader));
         assert_eq!(
-            seg(&frame, &at(34, frame.len() as u16 - 35)),
+            seg(&frame, &at(34, u16::try_from(frame.len()).unwrap() - 35)),
             Err(GsoError::Truncated)
         );
-        assert_eq!(seg(&frame, &at(34, frame.len() as u16 - 36)), Ok(1));
+        assert_eq!(
+            seg(&frame, &at(34, u16::try_from(frame.len()).unwrap() - 36)),
+            Ok(1)
+        );
     }
 
     #[test]

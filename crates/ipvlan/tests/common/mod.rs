@@ -343,7 +343,8 @@ impl Daemon {
     /// Sends `sig` to the daemon and reaps it.
     pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
         if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let pid =
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid is a pid_t"));
             let _ = nix::sys::signal::kill(pid, sig);
             let _ = child.wait();
         }
@@ -392,7 +393,7 @@ impl Daemon {
             return;
         };
         // SIGTERM first so the daemon can clean up after itself; SIGKILL after 5 s.
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid is a pid_t"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
