@@ -14,12 +14,11 @@ pub mod decide;
 pub mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod mac;
 pub mod nftprog;
 pub mod port;
 pub mod wire;
 
 pub use decide::*;
+pub use mac::{BadMacAddr, MacAddr};
 pub use port::*;
-
-/// An Ethernet MAC address.
-pub type MacAddr = [u8; 6];
