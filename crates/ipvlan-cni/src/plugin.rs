@@ -4,8 +4,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use ipvlan::proto::{PortArgs, Request, Status};
 use ipvlan_core::MacAddr;
+use ipvlan_proto::{PortArgs, Request, Status};
 use ipvlan_sys::NetNs;
 use ipvlan_sys::rtnl::{self, Addr, IFF_UP, LinkChange, RT_TABLE_MAIN, Rtnl, RtnlError};
 use serde_json::Value;

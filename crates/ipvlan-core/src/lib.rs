@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod counters;
 pub mod decide;
 pub mod fastpath;
 #[doc(hidden)]
@@ -19,6 +20,7 @@ pub mod nftprog;
 pub mod port;
 pub mod wire;
 
+pub use counters::Counters;
 pub use decide::*;
 pub use mac::{BadMacAddr, MacAddr};
 pub use port::*;

@@ -1,5 +1,4 @@
-//! Library part of the `ipvlan` crate: what the binary, the CNI plugin and the
-//! integration tests share.
+//! Library part of the `ipvlan` crate: what the binary and the integration tests
+//! share. The control protocol is the `ipvlan-proto` crate.
 
 pub mod netcheck;
-pub mod proto;

@@ -246,7 +246,7 @@ impl Daemon {
             Ok(()) => self.notify(Notice::AddrLearned {
                 slave,
                 master,
-                addr: a.ip.to_string(),
+                addr: a.ip,
             }),
             Err(PortError::AddrInUse { owner, .. }) => {
                 let owner = name(p, owner);
@@ -254,7 +254,7 @@ impl Daemon {
                 self.notify(Notice::AddrRefused {
                     slave,
                     master,
-                    addr: a.ip.to_string(),
+                    addr: a.ip,
                     owner,
                 });
             }
@@ -274,7 +274,7 @@ impl Daemon {
             self.notify(Notice::AddrForgotten {
                 slave,
                 master,
-                addr: ip.to_string(),
+                addr: ip,
             });
         }
     }

@@ -40,7 +40,7 @@ use ipvlan_sys::{NetNs, NsKey, nft};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use ipvlan::proto::{self, Notice, PortArgs, Reply, Request, SlaveView, Status};
+use ipvlan_proto::{self as proto, LinkFlag, Notice, PortArgs, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
@@ -970,10 +970,10 @@ impl Daemon {
                 out.push(SlaveView {
                     ifindex: link.index,
                     ifname: link.name.clone(),
-                    flags: crate::output::flag_names(link.flags),
+                    flags: LinkFlag::of_slave(link.flags),
                     mtu: link.mtu,
                     operstate: link.operstate.to_string(),
-                    address: link.mac.map(|m| MacAddr(m).to_string()).unwrap_or_default(),
+                    address: link.mac.map(MacAddr),
                     netns: key.and_then(ns_name),
                     netns_id: key.map(|k| k.to_string()),
                     master: p.master_name.clone(),
@@ -988,7 +988,7 @@ impl Daemon {
                             // Sorted, so that the listing does not depend on event order.
                             let mut a = s.addrs.clone();
                             a.sort();
-                            a.iter().map(|a| a.to_string()).collect()
+                            a
                         })
                         .unwrap_or_default(),
                     counters: {
@@ -1013,7 +1013,10 @@ impl Daemon {
                         }
                         c
                     },
-                    backend: self.ports[pi].datapath.kind().as_str().to_string(),
+                    backend: match self.ports[pi].datapath.kind() {
+                        Backend::Kernel => proto::Backend::Kernel,
+                        Backend::User => proto::Backend::User,
+                    },
                     fast_path: self.ports[pi].datapath.fast_path_active(),
                 });
             }
