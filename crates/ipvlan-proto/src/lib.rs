@@ -284,7 +284,10 @@ pub struct SlaveView {
     pub flags: Vec<LinkFlag>,
     pub mtu: u32,
     pub operstate: String,
-    /// The slave end's MAC (the master's); `None` when the slave is not found.
+    /// The slave end's MAC (the master's); `None` when the slave is not found, sent
+    /// as `""` as before the field was typed, so that a plugin and a daemon of
+    /// different versions still understand each other.
+    #[serde(with = "mac_or_empty")]
     pub address: Option<MacAddr>,
     /// Name of the namespace the slave is in (`ip netns` name), if it has one.
     pub netns: Option<String>,
@@ -307,6 +310,26 @@ pub struct SlaveView {
     /// The kernel backend's BPF fast path is attached for the port.
     #[serde(default)]
     pub fast_path: bool,
+}
+
+mod mac_or_empty {
+    use ipvlan_core::MacAddr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<MacAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(m) => s.collect_str(m),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Sends `req` with the caller's namespace and waits for the reply.
@@ -366,6 +389,46 @@ mod tests {
             back,
             LinkFlag::of_slave(IFF_PROMISC | IFF_ALLMULTI | IFF_LOWER_UP)[2..]
         );
+    }
+
+    #[test]
+    fn a_slave_view_is_sent_as_before_it_was_typed() {
+        let view = |address| SlaveView {
+            ifindex: 7,
+            ifname: "ipvl0".into(),
+            flags: LinkFlag::of_slave(IFF_UP),
+            mtu: 1500,
+            operstate: "UP".into(),
+            address,
+            netns: None,
+            netns_id: None,
+            master: "eth0".into(),
+            master_netns: None,
+            mode: Mode::L2,
+            port_flags: Flags::Bridge,
+            source_guard: false,
+            dev_id: 1,
+            host_end: "ivh2.1".into(),
+            addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            counters: Counters::default(),
+            backend: Backend::Kernel,
+            fast_path: true,
+        };
+        let found =
+            serde_json::to_value(view(Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])))).unwrap();
+        assert_eq!(found["address"], "52:54:00:12:34:56");
+        assert_eq!(
+            found["flags"],
+            serde_json::json!(["BROADCAST", "MULTICAST", "UP"])
+        );
+        assert_eq!(found["addrs"], serde_json::json!(["10.0.0.1", "fd00::1"]));
+        assert_eq!(found["backend"], "kernel");
+        let lost = serde_json::to_value(view(None)).unwrap();
+        assert_eq!(lost["address"], "");
+        for v in [found, lost] {
+            let back: SlaveView = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(back).unwrap(), v);
+        }
     }
 
     #[test]
