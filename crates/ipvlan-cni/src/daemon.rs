@@ -1,4 +1,4 @@
-//! Talking to the ipvlan-rs daemon: the control protocol of `ipvlan::proto`, and starting
+//! Talking to the ipvlan-rs daemon: the control protocol of `ipvlan-proto`, and starting
 //! a daemon when none answers (as the `ipvlan` CLI does).
 
 use std::os::fd::OwnedFd;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipvlan::proto::{self, Reply, Request, Status};
+use ipvlan_proto::{self as proto, Reply, Request, Status};
 
 use crate::cni::{CniError, code};
 

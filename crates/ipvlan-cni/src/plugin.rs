@@ -4,7 +4,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use ipvlan::proto::{PortArgs, Request, Status};
+use ipvlan_core::MacAddr;
+use ipvlan_proto::{PortArgs, Request, Status};
 use ipvlan_sys::NetNs;
 use ipvlan_sys::rtnl::{self, Addr, IFF_UP, LinkChange, RT_TABLE_MAIN, Rtnl, RtnlError};
 use serde_json::Value;
@@ -372,12 +373,7 @@ fn setup(
         .link_by_index(index)
         .map_err(sys("reading the interface back"))?
         .and_then(|l| l.mac)
-        .map(|m| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        });
+        .map(|m| MacAddr(m).to_string());
     result.interfaces = vec![Interface {
         name: env.ifname.clone(),
         mac,
@@ -534,12 +530,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             env.ifname, master.name
         )));
     }
-    let mac = link.mac.map(|m| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    });
+    let mac = link.mac.map(|m| MacAddr(m).to_string());
     if let Some(want) = &prev.interfaces[idx].mac
         && Some(want.to_ascii_lowercase()) != mac
     {

@@ -23,7 +23,7 @@
 //! The output is a [`Program`]: applied whole, or as an update from the last one.
 
 use crate::nftprog::{Part, Program};
-use crate::{DropReason, Flags, MacAddr, Mode, PortSnapshot, SlaveId};
+use crate::{DropReason, Flags, Mode, PortSnapshot, SlaveId};
 
 /// Priority of every chain: before anything a user would add at the default.
 const PRIORITY: i32 = -500;
@@ -38,13 +38,6 @@ const V6_OK: &str = "ip6 version 6 ";
 /// IPv6 with the whole 40-byte fixed header present (§3), for rules that read only
 /// the source: the last byte of the header must be there to be read.
 const V6_WHOLE: &str = "ip6 version 6 @nh,312,8 0-255 ";
-
-fn mac(m: &MacAddr) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The name of the counter of frames of one slave the program dropped for `why`
 /// (`private_3`, `spoof_3`, `source_guard_3`): the reason's own name, and the
@@ -132,7 +125,7 @@ pub fn program(
             .or_default()
             .insert(format!("{ip} : \"{end}\""));
     }
-    let m = mac(&snap.master_mac);
+    let m = snap.master_mac.to_string();
     let hook = |dev: &str, policy: &str| {
         format!(
             "{{ type filter hook ingress device \"{dev}\" priority {PRIORITY}; policy {policy}; }}"
@@ -226,9 +219,9 @@ pub fn program(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Port;
+    use crate::{MacAddr, Port};
 
-    const M: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const M: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
     fn port(mode: Mode, flags: Flags) -> (PortSnapshot, Vec<(SlaveId, String)>) {
         let mut p = Port::new(M);

@@ -14,7 +14,7 @@
 //! own: its source MAC must be the master's ([`DropReason::Spoof`]), and, with the
 //! source guard on, its source address its own ([`guard_allows`]).
 
-use crate::wire::{self, arp, ethernet, icmpv6, ipv4, ipv6};
+use crate::wire::{arp, ethernet, icmpv6, ipv4, ipv6};
 use crate::{Flags, Mode, PortSnapshot, SlaveId};
 use core::net::IpAddr;
 
@@ -235,9 +235,7 @@ pub fn decide(port: &PortSnapshot, ingress: Ingress, frame: &[u8]) -> Decision {
         (Ingress::Slave(s), Mode::L2) => tx_l2(port, s, &eth),
         (Ingress::Slave(_), Mode::L3 | Mode::L3s) => tx_l3(port, &eth),
         (Ingress::Master, Mode::L3s) => Decision::Pass,
-        (Ingress::Master, Mode::L2) if wire::is_multicast(&eth.dst()) => {
-            rx_l2_multicast(port, &eth)
-        }
+        (Ingress::Master, Mode::L2) if eth.dst().is_multicast() => rx_l2_multicast(port, &eth),
         (Ingress::Master, Mode::L2 | Mode::L3) => rx_unicast(port, &eth),
     }
 }
@@ -293,7 +291,7 @@ fn owner(port: &PortSnapshot, frame: &[u8], dir: KeyDir) -> Option<SlaveId> {
 /// The kernel drops `ETH_P_PAUSE` frames on their way to the multicast worker; a
 /// frame to the PAUSE address is one by definition.
 fn is_pause_frame(eth: &ethernet::Frame<&[u8]>) -> bool {
-    eth.ethertype() == ethernet::ETHERTYPE_MAC_CONTROL || wire::is_pause(&eth.dst())
+    eth.ethertype() == ethernet::ETHERTYPE_MAC_CONTROL || eth.dst().is_pause()
 }
 
 fn local_delivery(flags: Flags, to: SlaveId) -> Decision {
@@ -312,7 +310,7 @@ fn tx_l2(port: &PortSnapshot, origin: SlaveId, eth: &ethernet::Frame<&[u8]>) -> 
             Some(t) => local_delivery(port.flags, t),
             None => Decision::ToMasterStack,
         }
-    } else if wire::is_multicast(&dst) {
+    } else if dst.is_multicast() {
         if is_pause_frame(eth) {
             Decision::Drop(DropReason::Pause)
         } else {
@@ -333,7 +331,7 @@ fn tx_l3(port: &PortSnapshot, eth: &ethernet::Frame<&[u8]>) -> Decision {
     {
         return local_delivery(port.flags, t);
     }
-    if wire::is_multicast(&eth.dst()) {
+    if eth.dst().is_multicast() {
         return Decision::Drop(DropReason::L3Filtered);
     }
     let routable = match eth.ethertype() {
@@ -374,15 +372,15 @@ fn rx_unicast(port: &PortSnapshot, eth: &ethernet::Frame<&[u8]>) -> Decision {
 mod tests {
     use super::*;
     use crate::MacAddr;
-    use crate::wire::BROADCAST;
     use crate::{McFilter, Port};
     use core::net::{Ipv4Addr, Ipv6Addr};
     use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
 
-    const MASTER: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    const GW: MacAddr = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
-    const MC4: MacAddr = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
-    const MC6: MacAddr = [0x33, 0x33, 0xff, 0x00, 0x00, 0x02];
+    const BROADCAST: MacAddr = MacAddr::BROADCAST;
+    const MASTER: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+    const GW: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x99]);
+    const MC4: MacAddr = MacAddr([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]);
+    const MC6: MacAddr = MacAddr([0x33, 0x33, 0xff, 0x00, 0x00, 0x02]);
 
     const S1_V4: [u8; 4] = [10, 0, 0, 1];
     const S2_V4: [u8; 4] = [10, 0, 0, 2];
@@ -424,7 +422,7 @@ mod tests {
     }
 
     fn udp4(dst: MacAddr, src: MacAddr, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2(src, dst)
+        let b = PacketBuilder::ethernet2(src.0, dst.0)
             .ipv4(sip, dip, 64)
             .udp(1234, 5678);
         let mut out = Vec::new();
@@ -433,7 +431,7 @@ mod tests {
     }
 
     fn udp6(dst: MacAddr, src: MacAddr, sip: [u8; 16], dip: [u8; 16]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2(src, dst)
+        let b = PacketBuilder::ethernet2(src.0, dst.0)
             .ipv6(sip, dip, 64)
             .udp(1234, 5678);
         let mut out = Vec::new();
@@ -446,13 +444,13 @@ mod tests {
             ArpHardwareId::ETHERNET,
             EtherType::IPV4,
             op,
-            &src,
+            &src.0,
             &spa,
             &[0; 6],
             &tpa,
         )
         .unwrap();
-        let b = PacketBuilder::ethernet2(src, dst).arp(pkt);
+        let b = PacketBuilder::ethernet2(src.0, dst.0).arp(pkt);
         let mut out = Vec::new();
         b.write(&mut out).unwrap();
         out
@@ -466,7 +464,7 @@ mod tests {
         ty: u8,
         body: &[u8],
     ) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2(src, dst)
+        let b = PacketBuilder::ethernet2(src.0, dst.0)
             .ipv6(sip, dip, 255)
             .icmpv6_raw(ty, 0, [0; 4]);
         let mut out = Vec::new();
@@ -483,8 +481,8 @@ mod tests {
 
     fn raw(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
-        f.extend_from_slice(&dst);
-        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst.0);
+        f.extend_from_slice(&src.0);
         f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(payload);
         f
@@ -564,7 +562,7 @@ mod tests {
     #[test]
     fn the_guard_lets_a_dhcp_client_without_an_address_through() {
         let p = guarded(Mode::L2);
-        let b = PacketBuilder::ethernet2(MASTER, BROADCAST)
+        let b = PacketBuilder::ethernet2(MASTER.0, BROADCAST.0)
             .ipv4([0; 4], [255; 4], 64)
             .udp(68, 67);
         let mut f = Vec::new();
@@ -807,7 +805,7 @@ mod tests {
         let p = port(Mode::L2, Flags::Bridge);
         let pause = [0x00, 0x01, 0xff, 0xff];
         let f = raw(
-            wire::PAUSE_MAC,
+            MacAddr::PAUSE,
             MASTER,
             ethernet::ETHERTYPE_MAC_CONTROL,
             &pause,
@@ -815,7 +813,7 @@ mod tests {
         assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
         let f = raw(BROADCAST, MASTER, ethernet::ETHERTYPE_MAC_CONTROL, &pause);
         assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
-        let f = raw(wire::PAUSE_MAC, MASTER, 0x0800, &pause);
+        let f = raw(MacAddr::PAUSE, MASTER, 0x0800, &pause);
         assert_eq!(tx(&p, S1, &f), Decision::Drop(DropReason::Pause));
     }
 
@@ -884,7 +882,7 @@ mod tests {
             Decision::ToWire
         );
         let f = raw(
-            wire::PAUSE_MAC,
+            MacAddr::PAUSE,
             MASTER,
             ethernet::ETHERTYPE_MAC_CONTROL,
             &[0; 4],
@@ -911,12 +909,7 @@ mod tests {
                         arp(BROADCAST, GW, ArpOperation::REQUEST, S1_V4, S2_V4),
                         udp4(MC4, GW, S1_V4, [224, 0, 0, 1]),
                         udp4(MASTER, GW, S2_V4, EXT_V4),
-                        raw(
-                            wire::PAUSE_MAC,
-                            GW,
-                            ethernet::ETHERTYPE_MAC_CONTROL,
-                            &[0; 4],
-                        ),
+                        raw(MacAddr::PAUSE, GW, ethernet::ETHERTYPE_MAC_CONTROL, &[0; 4]),
                         raw(MASTER, GW, 0x88b5, &[0; 46]),
                         raw(MASTER, GW, 0x0800, &[]),
                     ];
@@ -926,7 +919,7 @@ mod tests {
                     }
                     // One bit off is another MAC.
                     let mut near = MASTER;
-                    near[5] ^= 1;
+                    near.0[5] ^= 1;
                     let f = udp4(MASTER, near, S1_V4, S2_V4);
                     assert_eq!(tx(&p, S1, &f), spoof);
                     assert_ne!(
@@ -1239,7 +1232,7 @@ mod tests {
     fn rx_l2_pause_not_flooded() {
         let p = port(Mode::L2, Flags::Bridge);
         let f = raw(
-            wire::PAUSE_MAC,
+            MacAddr::PAUSE,
             GW,
             ethernet::ETHERTYPE_MAC_CONTROL,
             &[0, 1, 0xff, 0xff],

@@ -409,7 +409,8 @@ impl Asm {
 
     /// Goes to `otherwise` unless the 6 bytes at frame offset `off` are `mac`.
     fn expect_mac(&mut self, acc: Access, off: i16, mac: &MacAddr, otherwise: Label) {
-        let (w, h) = ([mac[0], mac[1], mac[2], mac[3]], [mac[4], mac[5]]);
+        let [a, b, c, d, e, f] = mac.0;
+        let (w, h) = ([a, b, c, d], [e, f]);
         let (w, h) = match acc {
             Access::Direct => (u32::from_le_bytes(w), u16::from_le_bytes(h)),
             Access::Abs => (u32::from_be_bytes(w), u16::from_be_bytes(h)),
@@ -656,7 +657,7 @@ fn finish(mut a: Asm, verdict: Verdict) -> Vec<Insn> {
 mod tests {
     use super::*;
 
-    const M: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const M: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
     #[test]
     fn encoding_matches_the_kernel_layout() {

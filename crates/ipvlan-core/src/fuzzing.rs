@@ -11,7 +11,7 @@ use crate::wire::vnet::VnetHdr;
 use crate::wire::{arp, ethernet, gso, icmpv6, ipv4, ipv6};
 use crate::{Flags, Ingress, KeyDir, Mode, Port, PortSnapshot, SlaveId, decide, demux_key};
 
-const MASTER: crate::MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const MASTER: crate::MacAddr = crate::MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
 /// The fixed port, in the mode and flags `selector` picks, with or without the source
 /// guard.
@@ -36,7 +36,7 @@ pub fn port(selector: u8) -> PortSnapshot {
     p.set_slave_up(ids[0], true);
     p.set_slave_up(ids[1], true);
     if let Some(f) = p.mc_filter_mut(ids[0]) {
-        f.add([0x01, 0x00, 0x5e, 0x01, 0x02, 0x03]);
+        f.add(crate::MacAddr([0x01, 0x00, 0x5e, 0x01, 0x02, 0x03]));
     }
     p.snapshot()
 }

@@ -10,16 +10,17 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod counters;
 pub mod decide;
 pub mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod mac;
 pub mod nftprog;
 pub mod port;
 pub mod wire;
 
+pub use counters::Counters;
 pub use decide::*;
+pub use mac::{BadMacAddr, MacAddr};
 pub use port::*;
-
-/// An Ethernet MAC address.
-pub type MacAddr = [u8; 6];

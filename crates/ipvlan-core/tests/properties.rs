@@ -4,15 +4,14 @@
 
 use core::net::IpAddr;
 use ipvlan_core::wire::vnet::VnetHdr;
-use ipvlan_core::wire::{BROADCAST, is_multicast};
 use ipvlan_core::{
     Decision, Flags, Ingress, KeyDir, MacAddr, Mode, Port, PortError, PortSnapshot, SlaveId,
     decide, demux_key,
 };
 use proptest::prelude::*;
 
-const MASTER: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const GW: MacAddr = [0x02, 0, 0, 0, 0, 0x99];
+const MASTER: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+const GW: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
 /// `ff02::1:ff00:2`
 const SOLICITED_NODE_2: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2];
 
@@ -36,10 +35,10 @@ fn mac() -> impl Strategy<Value = MacAddr> {
     prop_oneof![
         3 => Just(MASTER),
         1 => Just(GW),
-        1 => Just(BROADCAST),
-        1 => Just([0x01, 0x00, 0x5e, 0, 0, 1]),
-        1 => Just([0x33, 0x33, 0xff, 0, 0, 2]),
-        1 => any::<[u8; 6]>(),
+        1 => Just(MacAddr::BROADCAST),
+        1 => Just(MacAddr([0x01, 0x00, 0x5e, 0, 0, 1])),
+        1 => Just(MacAddr([0x33, 0x33, 0xff, 0, 0, 2])),
+        1 => any::<[u8; 6]>().prop_map(MacAddr),
     ]
 }
 
@@ -74,8 +73,8 @@ fn ingress() -> impl Strategy<Value = Ingress> {
 
 fn eth(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
@@ -84,14 +83,14 @@ fn eth(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
 fn build(kind: u8, dst: MacAddr, src: MacAddr, sip: IpAddr, dip: IpAddr) -> Vec<u8> {
     use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
     let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src, dst);
+    let b = PacketBuilder::ethernet2(src.0, dst.0);
     match (kind % 4, sip, dip) {
         (0, IpAddr::V4(s), IpAddr::V4(d)) => {
             let arp = ArpPacket::new(
                 ArpHardwareId::ETHERNET,
                 EtherType::IPV4,
                 ArpOperation::REQUEST,
-                &src,
+                &src.0,
                 &s.octets(),
                 &[0; 6],
                 &d.octets(),
@@ -218,7 +217,7 @@ proptest! {
         let d = decide(&p, from, &f);
         prop_assert!(!matches!(d, Decision::Flood { .. } | Decision::ToWire | Decision::ToMasterStack), "{:?}", d);
         if d == Decision::Route {
-            prop_assert!(!is_multicast(&f[..6].try_into().unwrap()));
+            prop_assert!(!MacAddr(f[..6].try_into().unwrap()).is_multicast());
         }
     }
 

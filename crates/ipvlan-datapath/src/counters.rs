@@ -1,4 +1,5 @@
-//! Per-slave counters, written by one switching thread and read by anyone.
+//! Per-slave counters, written by one switching thread and read by anyone; a read
+//! is the core's [`Counters`].
 //!
 //! Named from the slave's point of view, like a device's own statistics: `tx` is what
 //! the slave sent, `rx` what was delivered to it. Drops are counted by
@@ -6,8 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub use ipvlan_core::DropReason;
-use serde::{Deserialize, Serialize};
+pub use ipvlan_core::{Counters, DropReason};
 
 #[derive(Debug, Default)]
 pub struct SlaveCounters {
@@ -16,30 +16,6 @@ pub struct SlaveCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
-}
-
-/// A copy of one slave's counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub rx_dropped: u64,
-    pub tx_dropped: u64,
-    /// Drops by reason, only the non-zero ones.
-    pub drops: Vec<(DropReason, u64)>,
-}
-
-impl Counters {
-    /// Adds drops counted elsewhere (the kernel backend's program).
-    pub fn add_drops(&mut self, why: DropReason, n: u64) {
-        match self.drops.iter_mut().find(|(d, _)| *d == why) {
-            Some((_, m)) => *m += n,
-            None => self.drops.push((why, n)),
-        }
-        self.tx_dropped += n;
-    }
 }
 
 impl SlaveCounters {

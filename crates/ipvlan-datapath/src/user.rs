@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipvlan_core::wire::vnet::VnetHdr;
 use ipvlan_core::wire::{ethernet, gso, ipv4, ipv6};
-use ipvlan_core::{Decision, DropReason, Ingress, SlaveId, decide};
+use ipvlan_core::{Decision, DropReason, Ingress, MacAddr, SlaveId, decide};
 use ipvlan_sys::nfqueue::{NfQueue, QueuedPacket, Verdict};
 use ipvlan_sys::packet::{Batch, MAX_FRAME, PacketSocket, RxFrame, SendBatch, VNET_HDR_LEN};
 use ipvlan_sys::raw::RawSender;
@@ -461,7 +461,7 @@ impl Io {
         let master = plan.snap.master_mac;
         let eth = ethernet::Repr {
             dst: master,
-            src: p.hwaddr.unwrap_or(master),
+            src: p.hwaddr.map_or(master, MacAddr),
             ethertype,
         };
         let len = VNET_HDR_LEN + eth.buffer_len(ip.len());

@@ -78,15 +78,15 @@ use ipvlan_sys::packet::{MAX_FRAME, PacketSocket, VNET_HDR_LEN};
 use ipvlan_sys::rtnl::Rtnl;
 
 /// The master's MAC, which every slave end carries too.
-const M: MacAddr = [0x02, 0x1a, 0x5a, 0x00, 0x00, 0x01];
+const M: MacAddr = MacAddr([0x02, 0x1a, 0x5a, 0x00, 0x00, 0x01]);
 /// A foreign MAC (the gateway, or a slave forging its source).
-const F: MacAddr = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
+const F: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x99]);
 /// Another unicast MAC (a neighbour on the wire).
-const O: MacAddr = [0x02, 0x00, 0x00, 0x00, 0x00, 0x77];
-const BCAST: MacAddr = [0xff; 6];
-const MC4: MacAddr = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
-const MC6_SOL2: MacAddr = [0x33, 0x33, 0xff, 0x00, 0x00, 0x02];
-const PAUSE: MacAddr = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x01];
+const O: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x77]);
+const BCAST: MacAddr = MacAddr([0xff; 6]);
+const MC4: MacAddr = MacAddr([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]);
+const MC6_SOL2: MacAddr = MacAddr([0x33, 0x33, 0xff, 0x00, 0x00, 0x02]);
+const PAUSE: MacAddr = MacAddr([0x01, 0x80, 0xc2, 0x00, 0x00, 0x01]);
 
 const TABLE: &str = "ipvlan_diff";
 const SLAVES: usize = 3;
@@ -215,13 +215,6 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-fn mac_str(m: &MacAddr) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 // ---------------------------------------------------------------------------------------
 // The rig: topology, port, program, sockets
 // ---------------------------------------------------------------------------------------
@@ -274,7 +267,7 @@ impl Rig {
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
         }
-        let m = mac_str(&M);
+        let m = M.to_string();
         scratch.ip(&[
             "link", "add", "eth0", "address", &m, "type", "veth", "peer", "name", "wire",
         ]);
@@ -295,7 +288,7 @@ impl Rig {
         // The master's namespace routes L3 egress: everything via a gateway on the wire
         // (a static neighbour, so nothing is resolved), its own addresses local, an
         // IPv6 blackhole. IPv6 on eth0 only, without link-local, DAD or RAs.
-        let o = mac_str(&O);
+        let o = O.to_string();
         scratch.ip(&["addr", "add", "192.0.2.200/24", "dev", "eth0"]);
         scratch.ip(&["route", "add", "default", "via", GATEWAY4]);
         scratch.ip(&[
@@ -587,7 +580,7 @@ fn marker(batch: u32, idx: usize) -> [u8; 8] {
 }
 
 fn udp4(dst: MacAddr, src: MacAddr, sip: [u8; 4], dip: [u8; 4], mk: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src, dst)
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
         .ipv4(sip, dip, 64)
         .udp(1234, 5678);
     let mut out = Vec::new();
@@ -596,7 +589,7 @@ fn udp4(dst: MacAddr, src: MacAddr, sip: [u8; 4], dip: [u8; 4], mk: &[u8]) -> Ve
 }
 
 fn udp6(dst: MacAddr, src: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src, dst)
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
         .ipv6(sip, dip, 64)
         .udp(1234, 5678);
     let mut out = Vec::new();
@@ -606,7 +599,7 @@ fn udp6(dst: MacAddr, src: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> 
 
 /// An ICMP echo reply from the master's MAC to `dst`.
 fn echo4(dst: MacAddr, sip: [u8; 4], dip: [u8; 4], mk: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(M, dst)
+    let b = PacketBuilder::ethernet2(M.0, dst.0)
         .ipv4(sip, dip, 64)
         .icmpv4_echo_reply(7, 1);
     let mut out = Vec::new();
@@ -615,7 +608,7 @@ fn echo4(dst: MacAddr, sip: [u8; 4], dip: [u8; 4], mk: &[u8]) -> Vec<u8> {
 }
 
 fn echo6(dst: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(M, dst)
+    let b = PacketBuilder::ethernet2(M.0, dst.0)
         .ipv6(sip, dip, 64)
         .icmpv6_echo_reply(7, 1);
     let mut out = Vec::new();
@@ -627,8 +620,8 @@ fn echo6(dst: MacAddr, sip: [u8; 16], dip: [u8; 16], mk: &[u8]) -> Vec<u8> {
 /// gateway's MAC, the master's, the IP packet unchanged (TTL too, spec §4.2).
 fn routed(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
-    out[..6].copy_from_slice(&O);
-    out[6..12].copy_from_slice(&M);
+    out[..6].copy_from_slice(&O.0);
+    out[6..12].copy_from_slice(&M.0);
     out
 }
 
@@ -695,7 +688,7 @@ fn arp(
     mk: &[u8],
 ) -> Vec<u8> {
     let tha = if op == ArpOperation::REPLY {
-        dst
+        dst.0
     } else {
         [0; 6]
     };
@@ -703,14 +696,14 @@ fn arp(
         ArpHardwareId::ETHERNET,
         EtherType::IPV4,
         op,
-        &src,
+        &src.0,
         &spa,
         &tha,
         &tpa,
     )
     .expect("arp");
     let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
+    PacketBuilder::ethernet2(src.0, dst.0)
         .arp(pkt)
         .write(&mut out)
         .expect("arp");
@@ -724,7 +717,7 @@ fn dad(dst: MacAddr, src: MacAddr, target: [u8; 16], mk: &[u8]) -> Vec<u8> {
     group[13..].copy_from_slice(&target[13..]);
     let mut body = target.to_vec();
     body.extend_from_slice(mk);
-    let b = PacketBuilder::ethernet2(src, dst)
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
         .ipv6([0; 16], group, 255)
         .icmpv6_raw(135, 0, [0; 4]);
     let mut out = Vec::new();
@@ -734,8 +727,8 @@ fn dad(dst: MacAddr, src: MacAddr, target: [u8; 16], mk: &[u8]) -> Vec<u8> {
 
 fn raw(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
@@ -815,7 +808,7 @@ fn corpus(batch: u32) -> Vec<(&'static str, Vec<u8>)> {
         // What an address-less host sends (the source guard's exceptions), and what
         // hides its source.
         ("dhcp 0.0.0.0>bcast:67 M>O", |mk| {
-            let b = PacketBuilder::ethernet2(M, O)
+            let b = PacketBuilder::ethernet2(M.0, O.0)
                 .ipv4([0; 4], [255; 4], 64)
                 .udp(68, 67);
             let mut out = Vec::new();

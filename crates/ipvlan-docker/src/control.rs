@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipvlan::proto::{self, PortArgs, Reply, Request, Status};
 use ipvlan_core::{Flags, Mode};
+use ipvlan_proto::{self as proto, PortArgs, Reply, Request, Status};
 use ipvlan_sys::NetNs;
 
 /// Creates slave `name` on `master`, both resolved in namespace `ns`, with the port's

@@ -19,6 +19,3 @@ mod sock;
 pub mod unix;
 
 pub use netns::{NetNs, NsKey};
-
-/// A MAC address.
-pub type MacAddr = [u8; 6];

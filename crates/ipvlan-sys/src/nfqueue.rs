@@ -26,7 +26,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use netlink_packet_core::{NLM_F_ACK, NLMSG_ERROR};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::MacAddr;
 use crate::netlink::{Frames, NFGENMSG_LEN, NfMessage, Nfnetlink, Socket, attrs, frames};
 use crate::sock::abi_u8;
 
@@ -108,7 +107,7 @@ pub struct QueuedPacket<'a> {
     pub indev: Option<u32>,
     pub outdev: Option<u32>,
     /// Source link-layer address, when the packet has a 6-byte one.
-    pub hwaddr: Option<MacAddr>,
+    pub hwaddr: Option<[u8; 6]>,
     /// `SKB_*` bits.
     pub skb_info: u32,
     /// The packet's real length when `payload` was truncated to the copy range.

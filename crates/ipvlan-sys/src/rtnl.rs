@@ -33,9 +33,9 @@ use netlink_packet_route::tc::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
+use crate::NetNs;
 use crate::netlink::{self, Rtnetlink, Socket, frames};
 use crate::sock::{abi_u8, fd_u32, ifindex_c};
-use crate::{MacAddr, NetNs};
 
 const RTM_NEWMULTICAST: u16 = 56;
 const RTM_DELMULTICAST: u16 = 57;
@@ -103,7 +103,7 @@ pub struct Link {
     /// `ARPHRD_*` link-layer type.
     pub arphrd: u16,
     pub flags: u32,
-    pub mac: Option<MacAddr>,
+    pub mac: Option<[u8; 6]>,
     pub mtu: u32,
     /// `IFLA_LINK`: for a veth, the peer's ifindex (in `link_netnsid`'s namespace).
     pub link: Option<u32>,
@@ -176,7 +176,7 @@ pub enum Event {
 pub struct LinkChange {
     pub flags_set: u32,
     pub flags_clear: u32,
-    pub mac: Option<MacAddr>,
+    pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub alias: Option<String>,
     pub name: Option<String>,
@@ -192,7 +192,7 @@ pub struct LinkChange {
 #[derive(Clone, Debug)]
 pub struct VethSpec<'a> {
     pub name: &'a str,
-    pub mac: MacAddr,
+    pub mac: [u8; 6],
     pub mtu: u32,
     pub peer_name: &'a str,
     pub peer_mtu: u32,

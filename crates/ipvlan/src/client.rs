@@ -10,7 +10,7 @@ use crate::grammar::{LinkCmd, parse_link};
 use crate::output::{self, Style};
 use std::io::Write;
 
-use ipvlan::proto::{self, Notice, Request, Status};
+use ipvlan_proto::{self as proto, Notice, Request, Status};
 
 pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode {
     if matches!(args.first().map(String::as_str), Some("--help" | "-h")) {

@@ -52,7 +52,7 @@ source_guard: an ipvlan-rs extension, off by default
 (first values are the defaults if nothing is specified).";
 
 /// The ipvlan-specific options: `None` = attribute not sent (spec §1.4).
-pub type IpvlanArgs = ipvlan::proto::PortArgs;
+pub type IpvlanArgs = ipvlan_proto::PortArgs;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkCmd {

@@ -1,7 +1,6 @@
-//! Library part of the `ipvlan` crate: what the binary, the CNI plugin and the
-//! integration tests share.
+//! Library part of the `ipvlan` crate: what the binary and the integration tests
+//! share. The control protocol is the `ipvlan-proto` crate.
 
 #![forbid(unsafe_code)]
 
 pub mod netcheck;
-pub mod proto;

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             busy_poll,
             fast_path,
         } => {
-            let socket = socket.unwrap_or_else(ipvlan::proto::socket_path);
+            let socket = socket.unwrap_or_else(ipvlan_proto::socket_path);
             let backend = if backend == "user" {
                 ipvlan_datapath::Backend::User
             } else {

@@ -1,26 +1,12 @@
 //! How `link show` prints: text like `ip [-d] [-s] link show`, or JSON in the shape of
 //! `ip -j -d link show`.
 
-use ipvlan_sys::rtnl::{IFF_ALLMULTI, IFF_LOWER_UP, IFF_NOARP, IFF_PROMISC, IFF_UP};
+use ipvlan_proto::SlaveView;
 use serde_json::{Value, json};
 
-use ipvlan::proto::SlaveView;
-
-/// Interface flags as `ip link` names them, in its order.
-pub fn flag_names(flags: u32) -> Vec<String> {
-    let mut v = vec!["BROADCAST".to_string(), "MULTICAST".to_string()];
-    for (bit, name) in [
-        (IFF_NOARP, "NOARP"),
-        (IFF_PROMISC, "PROMISC"),
-        (IFF_ALLMULTI, "ALLMULTI"),
-        (IFF_UP, "UP"),
-        (IFF_LOWER_UP, "LOWER_UP"),
-    ] {
-        if flags & bit != 0 {
-            v.push(name.to_string());
-        }
-    }
-    v
+/// The slave's MAC as `ip` prints it; empty when the slave was not found.
+fn address(l: &SlaveView) -> String {
+    l.address.map(|m| m.to_string()).unwrap_or_default()
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -42,11 +28,15 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
             l.ifindex,
             l.ifname,
             l.master,
-            l.flags.join(","),
+            l.flags
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             l.mtu,
             l.operstate,
             netns,
-            l.address
+            address(l)
         );
         if style.details {
             s += &format!(
@@ -94,7 +84,7 @@ pub fn json(links: &[SlaveView], style: Style) -> Value {
                     "mtu": l.mtu,
                     "operstate": l.operstate,
                     "link_type": "ether",
-                    "address": l.address,
+                    "address": address(l),
                     "broadcast": "ff:ff:ff:ff:ff:ff",
                     "netns": l.netns,
                     "netns_id": l.netns_id,

@@ -6,7 +6,6 @@
 //! allmulti) accepts every address. A new filter accepts broadcast only.
 
 use crate::MacAddr;
-use crate::wire::BROADCAST;
 use core::net::IpAddr;
 use std::collections::BTreeMap;
 
@@ -64,7 +63,7 @@ impl McFilter {
     }
 
     pub fn accepts(&self, mac: &MacAddr) -> bool {
-        self.all || *mac == BROADCAST || self.groups.contains_key(mac)
+        self.all || mac.is_broadcast() || self.groups.contains_key(mac)
     }
 }
 
@@ -75,11 +74,11 @@ pub fn ip_multicast_mac(ip: IpAddr) -> Option<MacAddr> {
     match ip {
         IpAddr::V4(v4) if v4.is_multicast() => {
             let o = v4.octets();
-            Some([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]])
+            Some(MacAddr([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]))
         }
         IpAddr::V6(v6) if v6.is_multicast() => {
             let o = v6.octets();
-            Some([0x33, 0x33, o[12], o[13], o[14], o[15]])
+            Some(MacAddr([0x33, 0x33, o[12], o[13], o[14], o[15]]))
         }
         _ => None,
     }
@@ -89,13 +88,13 @@ pub fn ip_multicast_mac(ip: IpAddr) -> Option<MacAddr> {
 mod tests {
     use super::*;
 
-    const G1: MacAddr = [0x01, 0x00, 0x5e, 0x09, 0x0a, 0x01];
-    const G2: MacAddr = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
+    const G1: MacAddr = MacAddr([0x01, 0x00, 0x5e, 0x09, 0x0a, 0x01]);
+    const G2: MacAddr = MacAddr([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]);
 
     #[test]
     fn new_accepts_broadcast_only() {
         let f = McFilter::new();
-        assert!(f.accepts(&BROADCAST));
+        assert!(f.accepts(&MacAddr::BROADCAST));
         assert!(!f.accepts(&G1));
         assert!(!f.all());
         assert_eq!(f.groups().count(), 0);
@@ -108,7 +107,7 @@ mod tests {
         assert!(f.accepts(&G1));
         assert!(!f.accepts(&G2));
         let mut near = G1;
-        near[5] ^= 0x80;
+        near.0[5] ^= 0x80;
         assert!(!f.accepts(&near));
     }
 
@@ -151,21 +150,30 @@ mod tests {
     #[test]
     fn multicast_macs() {
         let v4 = |s: &str| ip_multicast_mac(s.parse().unwrap());
-        assert_eq!(v4("224.0.0.1"), Some([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]));
-        assert_eq!(v4("224.9.10.1"), Some([0x01, 0x00, 0x5e, 0x09, 0x0a, 0x01]));
+        assert_eq!(
+            v4("224.0.0.1"),
+            Some(MacAddr([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]))
+        );
+        assert_eq!(
+            v4("224.9.10.1"),
+            Some(MacAddr([0x01, 0x00, 0x5e, 0x09, 0x0a, 0x01]))
+        );
         // the 24th bit is dropped
         assert_eq!(
             v4("239.255.1.2"),
-            Some([0x01, 0x00, 0x5e, 0x7f, 0x01, 0x02])
+            Some(MacAddr([0x01, 0x00, 0x5e, 0x7f, 0x01, 0x02]))
         );
-        assert_eq!(v4("ff02::1"), Some([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]));
+        assert_eq!(
+            v4("ff02::1"),
+            Some(MacAddr([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]))
+        );
         assert_eq!(
             v4("ff02::1:ff12:3456"),
-            Some([0x33, 0x33, 0xff, 0x12, 0x34, 0x56])
+            Some(MacAddr([0x33, 0x33, 0xff, 0x12, 0x34, 0x56]))
         );
         assert_eq!(
             v4("ff0e:1234::5"),
-            Some([0x33, 0x33, 0x00, 0x00, 0x00, 0x05])
+            Some(MacAddr([0x33, 0x33, 0x00, 0x00, 0x00, 0x05]))
         );
         assert_eq!(v4("10.0.0.1"), None);
         assert_eq!(v4("255.255.255.255"), None);

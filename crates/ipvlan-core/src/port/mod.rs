@@ -338,7 +338,7 @@ impl PortSnapshot {
 mod tests {
     use super::*;
 
-    const MAC: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -544,10 +544,10 @@ mod tests {
         let s2 = p.add_slave().unwrap();
         p.set_slave_up(s2, true);
         p.add_addr(s2, ip("10.0.0.2")).unwrap();
-        let g = [0x01, 0x00, 0x5e, 0, 0, 0xfb];
+        let g = MacAddr([0x01, 0x00, 0x5e, 0, 0, 0xfb]);
         p.mc_filter_mut(s2).unwrap().add(g);
         let snap = p.snapshot();
-        p.set_master_mac([2; 6]);
+        p.set_master_mac(MacAddr([2; 6]));
         p.remove_slave(s2);
         assert_eq!(snap.mode, Mode::L2);
         assert_eq!(snap.flags, Flags::Vepa);
@@ -556,14 +556,14 @@ mod tests {
         assert_eq!(snap.slaves.len(), 2);
         assert_eq!((snap.slaves[0].id, snap.slaves[0].up), (s1, false));
         assert!(snap.slave(s2).unwrap().mc.accepts(&g));
-        assert_eq!(p.master_mac(), [2; 6]);
+        assert_eq!(p.master_mac(), MacAddr([2; 6]));
     }
 
     #[test]
     fn flood_targets_filter() {
         let mut p = Port::new(MAC);
         let ids: Vec<_> = (0..4).map(|_| p.add_slave().unwrap()).collect();
-        let g = [0x01, 0x00, 0x5e, 0x09, 0x0a, 0x01];
+        let g = MacAddr([0x01, 0x00, 0x5e, 0x09, 0x0a, 0x01]);
         for &id in &ids[..3] {
             p.set_slave_up(id, true);
         }
@@ -576,8 +576,8 @@ mod tests {
         let t = |o, d| snap.flood_targets(o, d).collect::<Vec<_>>();
         assert_eq!(t(None, g), [ids[0], ids[1]]);
         assert_eq!(t(Some(ids[0]), g), [ids[1]]);
-        assert_eq!(t(Some(ids[1]), crate::wire::BROADCAST), [ids[0], ids[2]]);
-        assert_eq!(t(None, [0x01, 0x00, 0x5e, 0, 0, 1]), []);
+        assert_eq!(t(Some(ids[1]), MacAddr::BROADCAST), [ids[0], ids[2]]);
+        assert_eq!(t(None, MacAddr([0x01, 0x00, 0x5e, 0, 0, 1])), []);
     }
 
     #[test]

@@ -120,10 +120,10 @@ mod tests {
         assert_eq!(p.operation(), OP_REQUEST);
         assert_eq!(
             p.sender_hardware_addr(),
-            [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
+            MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
         );
         assert_eq!(p.sender_protocol_addr(), Ipv4Addr::new(10, 0, 0, 1));
-        assert_eq!(p.target_hardware_addr(), [0; 6]);
+        assert_eq!(p.target_hardware_addr(), MacAddr([0; 6]));
         assert_eq!(p.target_protocol_addr(), Ipv4Addr::new(10, 0, 0, 2));
     }
 

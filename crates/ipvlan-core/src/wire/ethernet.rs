@@ -73,11 +73,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     pub fn set_dst(&mut self, mac: MacAddr) {
-        self.buffer.as_mut()[DST].copy_from_slice(&mac);
+        self.buffer.as_mut()[DST].copy_from_slice(&mac.0);
     }
 
     pub fn set_src(&mut self, mac: MacAddr) {
-        self.buffer.as_mut()[SRC].copy_from_slice(&mac);
+        self.buffer.as_mut()[SRC].copy_from_slice(&mac.0);
     }
 
     pub fn set_ethertype(&mut self, ethertype: u16) {
@@ -133,8 +133,8 @@ mod tests {
     #[test]
     fn fields() {
         let f = Frame::new_checked(&ARP_BCAST[..]).unwrap();
-        assert_eq!(f.dst(), [0xff; 6]);
-        assert_eq!(f.src(), [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        assert_eq!(f.dst(), MacAddr::BROADCAST);
+        assert_eq!(f.src(), MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
         assert_eq!(f.ethertype(), ETHERTYPE_ARP);
         assert_eq!(f.payload(), &[0xaa, 0xbb]);
     }
@@ -156,8 +156,8 @@ mod tests {
     fn setters_round_trip() {
         let mut buf = [0u8; 20];
         let mut f = Frame::new_checked(&mut buf[..]).unwrap();
-        f.set_dst([1, 2, 3, 4, 5, 6]);
-        f.set_src([7, 8, 9, 10, 11, 12]);
+        f.set_dst(MacAddr([1, 2, 3, 4, 5, 6]));
+        f.set_src(MacAddr([7, 8, 9, 10, 11, 12]));
         f.set_ethertype(ETHERTYPE_IPV6);
         f.payload_mut()[0] = 0x60;
         assert_eq!(
@@ -173,8 +173,8 @@ mod tests {
         assert_eq!(
             repr,
             Repr {
-                dst: [0xff; 6],
-                src: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+                dst: MacAddr::BROADCAST,
+                src: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
                 ethertype: ETHERTYPE_ARP,
             }
         );
@@ -197,8 +197,8 @@ mod tests {
         let mut buf = [0x11u8; 15];
         buf[14] = 0x60;
         let repr = Repr {
-            dst: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
-            src: [0x02, 0x00, 0x00, 0x00, 0x00, 0x99],
+            dst: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+            src: MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x99]),
             ethertype: ETHERTYPE_IPV6,
         };
         repr.emit(&mut Frame::new_checked(&mut buf[..]).unwrap());

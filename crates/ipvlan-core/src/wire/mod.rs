@@ -33,27 +33,6 @@ pub enum Error {
     BadLength,
 }
 
-/// `ff:ff:ff:ff:ff:ff`.
-pub const BROADCAST: MacAddr = [0xff; 6];
-
-/// The 802.3x PAUSE destination, `01:80:c2:00:00:01`.
-pub const PAUSE_MAC: MacAddr = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x01];
-
-/// Whether the group bit is set: true for multicast and for broadcast.
-pub fn is_multicast(mac: &MacAddr) -> bool {
-    mac[0] & 0x01 != 0
-}
-
-/// Whether `mac` is the broadcast address.
-pub fn is_broadcast(mac: &MacAddr) -> bool {
-    *mac == BROADCAST
-}
-
-/// Whether `mac` is the 802.3x PAUSE destination.
-pub fn is_pause(mac: &MacAddr) -> bool {
-    *mac == PAUSE_MAC
-}
-
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -61,29 +40,5 @@ pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
 pub(crate) fn mac_at(b: &[u8], at: usize) -> MacAddr {
     let mut m = [0; 6];
     m.copy_from_slice(&b[at..at + 6]);
-    m
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_bit() {
-        assert!(is_multicast(&BROADCAST));
-        assert!(is_multicast(&[0x01, 0x00, 0x5e, 0, 0, 1]));
-        assert!(is_multicast(&[0x33, 0x33, 0, 0, 0, 1]));
-        assert!(is_multicast(&PAUSE_MAC));
-        assert!(!is_multicast(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]));
-        assert!(!is_multicast(&[0x02, 0, 0, 0, 0, 0]));
-    }
-
-    #[test]
-    fn broadcast_and_pause() {
-        assert!(is_broadcast(&BROADCAST));
-        assert!(!is_broadcast(&PAUSE_MAC));
-        assert!(is_pause(&PAUSE_MAC));
-        assert!(!is_pause(&BROADCAST));
-        assert!(!is_pause(&[0x01, 0x80, 0xc2, 0, 0, 0x0e]));
-    }
+    MacAddr(m)
 }

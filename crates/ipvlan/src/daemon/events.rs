@@ -188,14 +188,14 @@ impl Daemon {
             self.ensure_link_local(pi, id);
         }
         let master_mac = self.ports[pi].port.master_mac();
-        if link.mac.is_some_and(|m| m != master_mac) {
+        if link.mac.is_some_and(|m| MacAddr(m) != master_mac) {
             // The kernel refuses this (EOPNOTSUPP): a slave carries the master's MAC.
             tracing::warn!(
                 "{}: MAC changed from inside its namespace; restored the master's (Operation not supported)",
                 link.name
             );
             let change = LinkChange {
-                mac: Some(master_mac),
+                mac: Some(master_mac.0),
                 ..Default::default()
             };
             self.change_slave(pi, id, &change, "restoring a slave's MAC");
@@ -246,7 +246,7 @@ impl Daemon {
             Ok(()) => self.notify(Notice::AddrLearned {
                 slave,
                 master,
-                addr: a.ip.to_string(),
+                addr: a.ip,
             }),
             Err(PortError::AddrInUse { owner, .. }) => {
                 let owner = name(p, owner);
@@ -254,7 +254,7 @@ impl Daemon {
                 self.notify(Notice::AddrRefused {
                     slave,
                     master,
-                    addr: a.ip.to_string(),
+                    addr: a.ip,
                     owner,
                 });
             }
@@ -274,7 +274,7 @@ impl Daemon {
             self.notify(Notice::AddrForgotten {
                 slave,
                 master,
-                addr: ip.to_string(),
+                addr: ip,
             });
         }
     }
@@ -453,12 +453,12 @@ impl Daemon {
         if !l.name.is_empty() && p.master_name != l.name {
             p.master_name = l.name.clone();
         }
-        if let Some(mac) = l.mac
+        if let Some(mac) = l.mac.map(MacAddr)
             && mac != p.port.master_mac()
         {
             p.port.set_master_mac(mac);
             let change = LinkChange {
-                mac: Some(mac),
+                mac: Some(mac.0),
                 ..Default::default()
             };
             for &id in &ids {

@@ -40,7 +40,7 @@ use ipvlan_sys::{NetNs, NsKey, nft};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use ipvlan::proto::{self, Notice, PortArgs, Reply, Request, SlaveView, Status};
+use ipvlan_proto::{self as proto, LinkFlag, Notice, PortArgs, Reply, Request, SlaveView, Status};
 
 mod adopt;
 mod events;
@@ -204,14 +204,14 @@ pub struct Daemon {
 /// The IPv6 link-local address the kernel gives an ipvlan slave (spec §1.5): the
 /// dev_id in place of `ff:fe`, the U/L bit left alone.
 pub fn slave_link_local(mac: MacAddr, dev_id: u16) -> Ipv6Addr {
-    let [a, b, c, d, e, f] = mac;
+    let [a, b, c, d, e, f] = mac.0;
     let [h, l] = dev_id.to_be_bytes();
     Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, a, b, c, h, l, d, e, f])
 }
 
 /// The classic EUI-64 link-local a veth with this MAC generates by itself.
 fn eui64_link_local(mac: MacAddr) -> Ipv6Addr {
-    let [a, b, c, d, e, f] = mac;
+    let [a, b, c, d, e, f] = mac.0;
     Ipv6Addr::from([
         0xfe,
         0x80,
@@ -230,13 +230,6 @@ fn eui64_link_local(mac: MacAddr) -> Ipv6Addr {
         e,
         f,
     ])
-}
-
-fn mac_str(m: MacAddr) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Host end name: `ivh<master ifindex>.<dev_id>`, unique in the master's namespace.
@@ -641,7 +634,7 @@ impl Daemon {
         let nsid = if here { None } else { w.rtnl.nsid_of(caller)? };
         let spec = VethSpec {
             name,
-            mac: spec_mac,
+            mac: spec_mac.0,
             mtu: spec_mtu,
             peer_name: &host_name,
             peer_mtu: hostend::HOST_END_MTU,
@@ -755,7 +748,7 @@ impl Daemon {
         let master_sock =
             Arc::new(w.ns.run(|| PacketSocket::open_ring(m.index, kind.ring_slots(true, 0)))??);
         let raw = w.ns.run(|| RawSender::open(m.index, EGRESS_MARK))??;
-        let port = Port::new(m.mac.expect("checked by the caller"));
+        let port = Port::new(MacAddr(m.mac.expect("checked by the caller")));
         let master = kernel::Master {
             index: m.index,
             name: m.name.clone(),
@@ -977,10 +970,10 @@ impl Daemon {
                 out.push(SlaveView {
                     ifindex: link.index,
                     ifname: link.name.clone(),
-                    flags: crate::output::flag_names(link.flags),
+                    flags: LinkFlag::of_slave(link.flags),
                     mtu: link.mtu,
                     operstate: link.operstate.to_string(),
-                    address: link.mac.map(mac_str).unwrap_or_default(),
+                    address: link.mac.map(MacAddr),
                     netns: key.and_then(ns_name),
                     netns_id: key.map(|k| k.to_string()),
                     master: p.master_name.clone(),
@@ -995,7 +988,7 @@ impl Daemon {
                             // Sorted, so that the listing does not depend on event order.
                             let mut a = s.addrs.clone();
                             a.sort();
-                            a.iter().map(|a| a.to_string()).collect()
+                            a
                         })
                         .unwrap_or_default(),
                     counters: {
@@ -1020,7 +1013,10 @@ impl Daemon {
                         }
                         c
                     },
-                    backend: self.ports[pi].datapath.kind().as_str().to_string(),
+                    backend: match self.ports[pi].datapath.kind() {
+                        Backend::Kernel => proto::Backend::Kernel,
+                        Backend::User => proto::Backend::User,
+                    },
                     fast_path: self.ports[pi].datapath.fast_path_active(),
                 });
             }
@@ -1183,7 +1179,7 @@ mod tests {
 
     #[test]
     fn link_local_as_the_kernel_derives_it() {
-        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let mac = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
         assert_eq!(
             slave_link_local(mac, 1),
             "fe80::5254:0:112:3456".parse::<Ipv6Addr>().unwrap()

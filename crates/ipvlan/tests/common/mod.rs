@@ -193,11 +193,7 @@ pub fn mac(ns: &str, dev: &str) -> String {
 
 /// `"02:00:00:00:00:01"` as bytes.
 pub fn mac_bytes(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("six bytes")
+    s.parse::<ipvlan_core::MacAddr>().expect("a MAC address").0
 }
 
 /// The MACs of the master and of its peer, the router.

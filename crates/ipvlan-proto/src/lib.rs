@@ -1,16 +1,22 @@
-//! The control protocol between the CLI and the daemon.
+//! The control protocol between the daemon and its clients (the `ipvlan` CLI, the CNI
+//! plugin).
 //!
 //! One request per connection on a Unix stream socket: the client sends one JSON line
 //! together with a descriptor of its network namespace (SCM_RIGHTS) — masters and
 //! device names are resolved in the caller's namespace, as `ip` does — and the daemon
-//! answers with one JSON line.
+//! answers with one JSON line. Requests and answers are typed ([`Request`], [`Reply`],
+//! [`Notice`]); the values that reach the user (MACs, addresses, link flags, backend
+//! names) serialise as the strings `ip -j` and `ipvlan -j` print.
+#![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use ipvlan_core::{Flags, Mode};
-use ipvlan_datapath::Counters;
+use ipvlan_core::{Counters, Flags, MacAddr, Mode};
+use ipvlan_sys::rtnl::{IFF_ALLMULTI, IFF_LOWER_UP, IFF_NOARP, IFF_PROMISC, IFF_UP};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SOCKET: &str = "/run/ipvlan-rs/ipvlan.sock";
@@ -77,18 +83,18 @@ pub enum Notice {
     AddrLearned {
         slave: String,
         master: String,
-        addr: String,
+        addr: IpAddr,
     },
     AddrForgotten {
         slave: String,
         master: String,
-        addr: String,
+        addr: IpAddr,
     },
     /// A duplicate on the same master: removed again (the kernel's EADDRINUSE).
     AddrRefused {
         slave: String,
         master: String,
-        addr: String,
+        addr: IpAddr,
         owner: String,
     },
     /// The port's mode, flags or source guard changed.
@@ -107,8 +113,8 @@ pub enum Notice {
     },
 }
 
-impl std::fmt::Display for Notice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::SlaveAdded {
                 slave,
@@ -196,15 +202,93 @@ pub struct Reply {
     pub links: Vec<SlaveView>,
 }
 
+/// Which backend switches a port's unicast, as `link show -d` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Kernel,
+    User,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::User => "user",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An interface flag as `ip link` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LinkFlag {
+    Broadcast,
+    Multicast,
+    Noarp,
+    Promisc,
+    Allmulti,
+    Up,
+    LowerUp,
+}
+
+impl LinkFlag {
+    /// The flags of a slave end whose `IFF_*` flags are `ifflags`, in `ip link`'s
+    /// order. A veth end is always BROADCAST and MULTICAST.
+    pub fn of_slave(ifflags: u32) -> Vec<LinkFlag> {
+        let mut v = vec![Self::Broadcast, Self::Multicast];
+        for (bit, flag) in [
+            (IFF_NOARP, Self::Noarp),
+            (IFF_PROMISC, Self::Promisc),
+            (IFF_ALLMULTI, Self::Allmulti),
+            (IFF_UP, Self::Up),
+            (IFF_LOWER_UP, Self::LowerUp),
+        ] {
+            if ifflags & bit != 0 {
+                v.push(flag);
+            }
+        }
+        v
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Broadcast => "BROADCAST",
+            Self::Multicast => "MULTICAST",
+            Self::Noarp => "NOARP",
+            Self::Promisc => "PROMISC",
+            Self::Allmulti => "ALLMULTI",
+            Self::Up => "UP",
+            Self::LowerUp => "LOWER_UP",
+        }
+    }
+}
+
+impl fmt::Display for LinkFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One slave as `link show` reports it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SlaveView {
     pub ifindex: u32,
     pub ifname: String,
-    pub flags: Vec<String>,
+    pub flags: Vec<LinkFlag>,
     pub mtu: u32,
     pub operstate: String,
-    pub address: String,
+    /// The slave end's MAC (the master's); `None` when the slave is not found, sent
+    /// as `""` as before the field was typed, so that a plugin and a daemon of
+    /// different versions still understand each other.
+    #[serde(with = "mac_or_empty")]
+    pub address: Option<MacAddr>,
     /// Name of the namespace the slave is in (`ip netns` name), if it has one.
     pub netns: Option<String>,
     /// The namespace's identity (`net:[inode]`), always known when the slave is found.
@@ -218,13 +302,34 @@ pub struct SlaveView {
     pub source_guard: bool,
     pub dev_id: u16,
     pub host_end: String,
-    pub addrs: Vec<String>,
+    /// The slave's addresses, sorted.
+    pub addrs: Vec<IpAddr>,
     pub counters: Counters,
-    /// Which backend switches this slave's port: "kernel" or "user".
-    pub backend: String,
+    /// Which backend switches this slave's port.
+    pub backend: Backend,
     /// The kernel backend's BPF fast path is attached for the port.
     #[serde(default)]
     pub fast_path: bool,
+}
+
+mod mac_or_empty {
+    use ipvlan_core::MacAddr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<MacAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(m) => s.collect_str(m),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Sends `req` with the caller's namespace and waits for the reply.
@@ -263,4 +368,95 @@ pub fn send_reply(stream: &UnixStream, reply: &Reply) -> io::Result<()> {
     let mut line = serde_json::to_vec(reply)?;
     line.push(b'\n');
     (&*stream).write_all(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_flags_in_ip_link_order_and_names() {
+        let flags = LinkFlag::of_slave(IFF_LOWER_UP | IFF_UP | IFF_NOARP);
+        assert_eq!(
+            serde_json::to_string(&flags).unwrap(),
+            r#"["BROADCAST","MULTICAST","NOARP","UP","LOWER_UP"]"#
+        );
+        let shown: Vec<String> = flags.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.join(","), "BROADCAST,MULTICAST,NOARP,UP,LOWER_UP");
+        let back: Vec<LinkFlag> =
+            serde_json::from_str(r#"["PROMISC","ALLMULTI","LOWER_UP"]"#).unwrap();
+        assert_eq!(
+            back,
+            LinkFlag::of_slave(IFF_PROMISC | IFF_ALLMULTI | IFF_LOWER_UP)[2..]
+        );
+    }
+
+    #[test]
+    fn a_slave_view_is_sent_as_before_it_was_typed() {
+        let view = |address| SlaveView {
+            ifindex: 7,
+            ifname: "ipvl0".into(),
+            flags: LinkFlag::of_slave(IFF_UP),
+            mtu: 1500,
+            operstate: "UP".into(),
+            address,
+            netns: None,
+            netns_id: None,
+            master: "eth0".into(),
+            master_netns: None,
+            mode: Mode::L2,
+            port_flags: Flags::Bridge,
+            source_guard: false,
+            dev_id: 1,
+            host_end: "ivh2.1".into(),
+            addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            counters: Counters::default(),
+            backend: Backend::Kernel,
+            fast_path: true,
+        };
+        let found =
+            serde_json::to_value(view(Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])))).unwrap();
+        assert_eq!(found["address"], "52:54:00:12:34:56");
+        assert_eq!(
+            found["flags"],
+            serde_json::json!(["BROADCAST", "MULTICAST", "UP"])
+        );
+        assert_eq!(found["addrs"], serde_json::json!(["10.0.0.1", "fd00::1"]));
+        assert_eq!(found["backend"], "kernel");
+        let lost = serde_json::to_value(view(None)).unwrap();
+        assert_eq!(lost["address"], "");
+        for v in [found, lost] {
+            let back: SlaveView = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(back).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn backend_names() {
+        for (b, name) in [(Backend::Kernel, "kernel"), (Backend::User, "user")] {
+            assert_eq!(b.to_string(), name);
+            assert_eq!(serde_json::to_value(b).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Backend>(name.into()).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn notices_carry_addresses_as_ip_prints_them() {
+        let n = Notice::AddrRefused {
+            slave: "ipvl1".into(),
+            master: "eth0".into(),
+            addr: "2001:db8::1".parse().unwrap(),
+            owner: "ipvl0".into(),
+        };
+        let line = serde_json::to_string(&n).unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"addr_refused","slave":"ipvl1","master":"eth0","addr":"2001:db8::1","owner":"ipvl0"}"#
+        );
+        assert_eq!(serde_json::from_str::<Notice>(&line).unwrap(), n);
+        assert_eq!(
+            n.to_string(),
+            "[addr] refused 2001:db8::1 on ipvl1@eth0: Address already assigned to an ipvlan device (ipvl0)"
+        );
+    }
 }
