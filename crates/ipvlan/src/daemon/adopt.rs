@@ -1,6 +1,18 @@
 //! Restart without loss: the marks host ends carry, and taking slaves back.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use ipvlan_core::{Flags, Mode, SlaveId};
+use ipvlan_datapath::SlaveCounters;
+use ipvlan_sys::NetNs;
+use ipvlan_sys::netns::all_namespaces;
+use ipvlan_sys::packet::PacketSocket;
+use ipvlan_sys::rtnl::{Link, Rtnl};
+
+use super::hostend;
+use super::{ALIAS_PREFIX, Daemon, Error, SlaveRec};
 
 /// What a host end's alias records: whose it is and its port's mode and flags, so a
 /// new daemon can take the slave back. Written as
@@ -100,36 +112,36 @@ impl Daemon {
                         tracing::info!("took back {n} slave(s) of {} in {}", master.name, ns.key())
                     }
                     Err(e) => {
-                        tracing::error!("taking back the slaves of {}: {}", master.name, e.msg)
+                        tracing::error!("taking back the slaves of {}: {e}", master.name)
                     }
                 }
             }
         }
     }
 
-    pub(super) fn adopt_port(
+    fn adopt_port(
         &mut self,
         ns: &NetNs,
         master: &Link,
         ends: &[(Mark, Link)],
-    ) -> Result<usize, Fail> {
-        let pi = self.new_port(ns, master)?;
+    ) -> Result<usize, Error> {
+        let k = self.new_port(ns, master)?;
         let first = &ends[0].0;
-        let port = &mut self.ports[pi].port;
+        let port = &mut self.ports[k].port;
         port.apply_changelink(Some(first.mode), Some(first.flags));
         port.set_source_guard(first.source_guard);
         let mut ids = Vec::new();
         for (mark, host) in ends {
             let id = mark.dev_id;
-            if self.ports[pi].port.adopt_slave(id).is_err() {
+            if self.ports[k].port.adopt_slave(id).is_err() {
                 continue;
             }
             let w = &self.watched[&ns.key()];
-            let kind = self.ports[pi].datapath.kind();
+            let kind = self.ports[k].datapath.kind();
             let sock = w
                 .ns
                 .run(|| PacketSocket::open_ring(host.index, kind.ring_slots(false, ids.len())))??;
-            self.ports[pi].slaves.insert(
+            self.ports[k].slaves.insert(
                 id,
                 SlaveRec {
                     host_index: host.index,
@@ -142,12 +154,29 @@ impl Daemon {
                 },
             );
             ids.push(id);
+            // As the previous daemon left it, or as changed while no daemon looked.
+            let want = self.host_end_want(k, id, self.ports[k].master_running);
+            let w = self
+                .watched
+                .get_mut(&ns.key())
+                .expect("the port's namespace");
+            if let Err(e) = hostend::make_host_end(&mut w.rtnl, host.index, &want) {
+                tracing::warn!("host end {} of {}: {e}", host.name, mark.slave);
+            }
         }
         for &id in &ids {
-            self.relocate(pi, id);
+            if self
+                .ports
+                .get(k)
+                .is_some_and(|p| p.slaves.contains_key(&id))
+            {
+                self.relocate(k, id);
+            }
         }
-        self.sync_l3s(pi)?;
-        self.publish(pi);
+        if self.ports.contains(k) {
+            self.sync_l3s(k)?;
+            self.publish(k);
+        }
         Ok(ids.len())
     }
 }

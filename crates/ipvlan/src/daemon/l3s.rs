@@ -1,31 +1,40 @@
 //! L3S plumbing in the master's namespace: policy routing, the NFQUEUE rules, the queue.
 
-use super::*;
+use std::sync::Arc;
+
+use ipvlan_core::Mode;
+use ipvlan_datapath::guard;
+use ipvlan_sys::nfqueue::NfQueue;
+use ipvlan_sys::rtnl::RtnlError;
+use ipvlan_sys::{NsKey, nft};
+
+use super::portmap::PortKey;
+use super::{Daemon, Error, L3S_QUEUE_BASE, L3s};
 
 impl Daemon {
     /// Sets up or removes the L3S plumbing so that it matches the port's mode.
-    pub(super) fn sync_l3s(&mut self, pi: usize) -> Result<(), Fail> {
-        let want = self.ports[pi].port.mode() == Mode::L3s;
-        match (want, self.ports[pi].l3s.is_some()) {
-            (true, false) => self.enter_l3s(pi),
+    pub(super) fn sync_l3s(&mut self, k: PortKey) -> Result<(), Error> {
+        let want = self.ports[k].port.mode() == Mode::L3s;
+        match (want, self.ports[k].l3s.is_some()) {
+            (true, false) => self.enter_l3s(k),
             (false, true) => {
-                self.leave_l3s(pi);
+                self.leave_l3s(k);
                 Ok(())
             }
             _ => Ok(()),
         }
     }
 
-    pub(super) fn enter_l3s(&mut self, pi: usize) -> Result<(), Fail> {
+    pub(super) fn enter_l3s(&mut self, k: PortKey) -> Result<(), Error> {
         let used: Vec<u16> = self
             .ports
             .iter()
-            .filter_map(|p| p.l3s.as_ref().map(|l| l.num))
+            .filter_map(|(_, p)| p.l3s.as_ref().map(|l| l.num))
             .collect();
         let num = (L3S_QUEUE_BASE..L3S_QUEUE_BASE + 4096)
             .find(|n| !used.contains(n))
-            .ok_or_else(|| refused("Error: no free L3S queue number"))?;
-        let key = self.ports[pi].ns;
+            .ok_or(Error::NoL3sQueue)?;
+        let key = k.ns;
         let w = self
             .watched
             .get_mut(&key)
@@ -35,11 +44,8 @@ impl Daemon {
             Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => Ok(()),
             r => r,
         };
-        let lo = w
-            .rtnl
-            .link_by_name("lo")?
-            .ok_or_else(|| refused("Error: the master's namespace has no lo"))?;
-        let setup = (|| -> Result<NfQueue, Fail> {
+        let lo = w.rtnl.link_by_name("lo")?.ok_or(Error::NoLoopback)?;
+        let setup = (|| -> Result<NfQueue, Error> {
             for v6 in [false, true] {
                 exists(
                     w.rtnl
@@ -61,17 +67,13 @@ impl Daemon {
                 let mut args: Vec<&str> = table.iter().map(String::as_str).collect();
                 args.push("-A");
                 args.extend(rest.iter().map(String::as_str));
-                nft::xtables(&w.ns, prog, &args).map_err(|e| {
-                    refused(format!(
-                        "Error: mode l3s needs xtables' NFQUEUE target in the master's namespace: {e}"
-                    ))
-                })?;
+                nft::xtables(&w.ns, prog, &args).map_err(Error::NoNfqueue)?;
             }
             Ok(w.ns.run(|| NfQueue::open(num))??)
         })();
         match setup {
             Ok(q) => {
-                self.ports[pi].l3s = Some(L3s {
+                self.ports[k].l3s = Some(L3s {
                     num,
                     queue: Arc::new(q),
                 });
@@ -84,11 +86,11 @@ impl Daemon {
         }
     }
 
-    pub(super) fn leave_l3s(&mut self, pi: usize) {
-        self.ports[pi].datapath.forget_l3s_table();
-        if let Some(l) = self.ports[pi].l3s.take() {
-            let key = self.ports[pi].ns;
-            let table = guard::l3s_table_name(self.ports[pi].master_index);
+    pub(super) fn leave_l3s(&mut self, k: PortKey) {
+        self.ports[k].datapath.forget_l3s_table();
+        if let Some(l) = self.ports[k].l3s.take() {
+            let key = k.ns;
+            let table = guard::l3s_table_name(k.master_index);
             if let Some(w) = self.watched.get(&key) {
                 let _ = nft::apply(
                     &w.ns,
@@ -104,7 +106,7 @@ impl Daemon {
         let others = self
             .ports
             .iter()
-            .any(|p| p.ns == key && p.l3s.as_ref().is_some_and(|l| l.num != num));
+            .any(|(k, p)| k.ns == key && p.l3s.as_ref().is_some_and(|l| l.num != num));
         let Some(w) = self.watched.get_mut(&key) else {
             return;
         };

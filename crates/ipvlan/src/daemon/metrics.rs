@@ -1,6 +1,16 @@
 //! The opt-in Prometheus endpoint: counters in the text exposition format.
 
-use super::*;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use anyhow::Context;
+use mio::Interest;
+use mio::unix::SourceFd;
+
+use super::{Daemon, METRICS};
 
 /// A connection the metrics endpoint answers on.
 trait ReadWrite: io::Read + io::Write {}
@@ -127,12 +137,12 @@ impl Daemon {
             out,
             "# HELP ipvlan_port_info A port (master) and its mode and flags.\n# TYPE ipvlan_port_info gauge"
         );
-        for p in &self.ports {
+        for (k, p) in self.ports.iter() {
             let _ = writeln!(
                 out,
                 "ipvlan_port_info{{master=\"{}\",master_netns=\"{}\",mode=\"{}\",flags=\"{}\"}} 1",
                 label(&p.master_name),
-                p.ns,
+                k.ns,
                 p.port.mode().as_str(),
                 p.port.flags().as_str()
             );
