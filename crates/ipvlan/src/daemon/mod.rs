@@ -943,6 +943,15 @@ impl Daemon {
             Some(d) => Some(self.resolve_dev(caller, d)?),
             None => None,
         };
+        // A slave's view lists what its port switches (the CNI plugin waits for its
+        // addresses there): the port's held-back changes are applied first.
+        if let Some((pi, _)) = only {
+            let p = &mut self.ports[pi];
+            if let Some(w) = self.watched.get_mut(&p.ns) {
+                p.datapath
+                    .tick(&mut w.at(), std::time::Instant::now(), true);
+            }
+        }
         Ok(self.views(only))
     }
 
