@@ -538,6 +538,13 @@ conmon_env_vars = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "IPVLAN_SOCKET={socket}
     }
 }
 
+impl Drop for Podman<'_> {
+    /// Removes whatever containers a failure left (their conmon would outlive the test).
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-a", "-f", "-t", "0"]);
+    }
+}
+
 /// Podman 4.3 with the CNI backend: the configuration `podman network create -d ipvlan`
 /// writes (cniVersion 0.4.0, `"master": ""`), then conflists with `flag` and `mode` as
 /// a user writes them; two containers per network, traffic in both families from the
@@ -740,6 +747,8 @@ impl<'a> Containerd<'a> {
     fn start(w: &'a mut World) -> Containerd<'a> {
         let d = w.dir.clone();
         let address = d.join("containerd.sock");
+        // The shims' and runc's state, and ctr's FIFOs, stay in the scratch directory.
+        std::fs::create_dir_all(d.join("run-containerd")).expect("scratch directory");
         std::fs::write(
             d.join("containerd.toml"),
             format!(
@@ -753,8 +762,9 @@ impl<'a> Containerd<'a> {
         std::fs::write(
             d.join("cni-mounts.sh"),
             format!(
-                "#!/bin/sh\nset -e\nmount --make-rprivate /\nmkdir -p /etc/cni/net.d /opt/cni/bin\n\
-                 mount --bind {0}/net.d /etc/cni/net.d\nmount --bind {0}/bin /opt/cni/bin\nexec \"$@\"\n",
+                "#!/bin/sh\nset -e\nmount --make-rprivate /\nmkdir -p /etc/cni/net.d /opt/cni/bin /run/containerd\n\
+                 mount --bind {0}/net.d /etc/cni/net.d\nmount --bind {0}/bin /opt/cni/bin\n\
+                 mount --bind {0}/run-containerd /run/containerd\nexec \"$@\"\n",
                 d.display()
             ),
         )
@@ -814,13 +824,18 @@ impl<'a> Containerd<'a> {
         cmd.spawn().expect("ctr run")
     }
 
-    /// Waits until `name`'s task runs and its eth0 is configured; its `ip addr`.
+    /// Waits until `name`'s task runs; its `ip addr` of eth0.
     fn up(&self, name: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = self.exec(name, "ip addr show dev eth0");
-            if out.status.success() && text(&out.stdout).contains("inet ") {
-                return text(&out.stdout);
+            // ctr starts the task once CNI ADD has returned (before, an exec would see
+            // the interface half made).
+            let tasks = run(self.ctr().args(["task", "ls"]));
+            let running = text(&tasks.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name) && l.contains("RUNNING"));
+            if running {
+                return self.exec_ok(name, "ip addr show dev eth0");
             }
             assert!(
                 Instant::now() < deadline,
@@ -875,6 +890,19 @@ impl<'a> Containerd<'a> {
             let _ = std::fs::remove_file(f.path());
         }
         self.w.write_conflist("10-ipvlan.conflist", conf);
+    }
+}
+
+impl Drop for Containerd<'_> {
+    /// Kills and removes whatever containers a failure left (their shims would outlive
+    /// containerd).
+    fn drop(&mut self) {
+        let ids = run(self.ctr().args(["container", "ls", "-q"]));
+        for id in text(&ids.stdout).split_whitespace() {
+            let _ = run(self.ctr().args(["task", "kill", "-s", "SIGKILL", id]));
+            let _ = run(self.ctr().args(["task", "rm", "-f", id]));
+            let _ = run(self.ctr().args(["container", "rm", id]));
+        }
     }
 }
 
@@ -956,7 +984,7 @@ fn containerd() {
         .ctr()
         .args(["run", "--rm", "--cni", "--rootfs"])
         .arg(w_dir.join("rootfs"))
-        .args(["bad0", "/bin/true"]));
+        .args(["bad0", "/bin/sh", "-c", "true"]));
     assert!(!out.status.success(), "a container started on master eth9");
     assert_in(
         &text(&out.stderr),
