@@ -42,6 +42,9 @@ pub mod code {
     pub const IPAM: u32 = 102;
     /// CHECK: the container's interface does not match `prevResult`.
     pub const CHECK_MISMATCH: u32 = 103;
+    /// An address of the container is in use elsewhere: IPv6 duplicate address
+    /// detection failed, or another slave of the master has it.
+    pub const ADDRESS_IN_USE: u32 = 104;
 }
 
 /// A CNI error, printed as the spec's error JSON.

@@ -3,11 +3,15 @@
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use ipvlan_core::MacAddr;
 use ipvlan_proto::{PortArgs, Request, Status};
 use ipvlan_sys::NetNs;
-use ipvlan_sys::rtnl::{self, Addr, IFF_UP, LinkChange, RT_TABLE_MAIN, Rtnl, RtnlError};
+use ipvlan_sys::rtnl::{
+    self, Addr, IFA_F_DADFAILED, IFA_F_TENTATIVE, IFF_UP, LinkChange, RT_TABLE_MAIN, Rtnl,
+    RtnlError,
+};
 use serde_json::Value;
 
 use crate::cni::{CniError, CniResult, Interface, NetConf, code, parse_cidr, parse_version};
@@ -115,22 +119,24 @@ fn open_target(path: &str) -> Result<NetNs, CniError> {
     Ok(ns)
 }
 
-/// The interface of the IPv4 default route in `ns` (what the reference plugin uses when
-/// `master` is not given).
+/// The interface of the default route in `ns`, IPv4's before IPv6's (what the reference
+/// plugin uses when `master` is not given, or is `""` as Podman writes it).
 fn default_route_master(ns: &NetNs) -> Result<String, CniError> {
     let routes = Rtnl::in_ns(ns)
         .map_err(io_sys("netlink socket"))?
         .routes()
         .map_err(sys("listing routes"))?;
-    let oif = routes
-        .iter()
-        .filter(|r| r.prefix == 0 && r.dst.is_ipv4() && r.table == RT_TABLE_MAIN)
-        .find_map(|r| r.oif)
-        .ok_or_else(|| {
-            CniError::config(
-                "no \"master\" given and no IPv4 default route to take the master interface from",
-            )
-        })?;
+    let default = |v4: bool| {
+        routes
+            .iter()
+            .filter(|r| r.prefix == 0 && r.dst.is_ipv4() == v4 && r.table == RT_TABLE_MAIN)
+            .find_map(|r| r.oif)
+    };
+    let oif = default(true).or_else(|| default(false)).ok_or_else(|| {
+        CniError::config(
+            "no \"master\" given and no default route to take the master interface from",
+        )
+    })?;
     let link = Rtnl::in_ns(ns)
         .map_err(io_sys("netlink socket"))?
         .link_by_index(oif)
@@ -139,12 +145,44 @@ fn default_route_master(ns: &NetNs) -> Result<String, CniError> {
     Ok(link.name)
 }
 
+/// The previous plugin's result of a chained invocation, if there is one.
+fn prev_result(conf: &NetConf) -> Result<Option<CniResult>, CniError> {
+    conf.prev_result
+        .as_ref()
+        .map(|p| {
+            CniResult::parse(p).map_err(|e| {
+                CniError::new(e.code, format!("could not parse prevResult: {}", e.msg))
+                    .details(e.details)
+            })
+        })
+        .transpose()
+}
+
+/// The master's name: `master`; else, chained, the one interface of `prevResult` (as
+/// the reference plugin: it is an error when there is not exactly one, named); else
+/// the interface of the default route in `ns`.
+fn master_name(conf: &NetConf, prev: Option<&CniResult>, ns: &NetNs) -> Result<String, CniError> {
+    if let Some(m) = &conf.master {
+        return Ok(m.clone());
+    }
+    match prev {
+        Some(p) => match p.interfaces.as_slice() {
+            [only] if !only.name.is_empty() => Ok(only.name.clone()),
+            _ => Err(CniError::config(
+                "chained master failure. PrevResult lacks a single named interface",
+            )),
+        },
+        None => default_route_master(ns),
+    }
+}
+
 /// The master interface, checked.
-fn master_link(conf: &NetConf, ns: &NetNs) -> Result<ipvlan_sys::rtnl::Link, CniError> {
-    let name = match &conf.master {
-        Some(m) => m.clone(),
-        None => default_route_master(ns)?,
-    };
+fn master_link(
+    conf: &NetConf,
+    prev: Option<&CniResult>,
+    ns: &NetNs,
+) -> Result<ipvlan_sys::rtnl::Link, CniError> {
+    let name = master_name(conf, prev, ns)?;
     let where_ = if conf.link_in_container {
         " in the container namespace (linkInContainer)"
     } else {
@@ -218,7 +256,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
     } else {
         &host
     };
-    let master = master_link(conf, master_ns)?;
+    let prev = prev_result(conf)?;
+    let master = master_link(conf, prev.as_ref(), master_ns)?;
     if let Some(mtu) = conf.mtu
         && mtu > master.mtu
     {
@@ -240,6 +279,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
     }
     // An unknown IPAM plugin is refused before anything is made.
     let ipam = Ipam::for_conf(conf)?;
+    // Chained without IPAM: the addresses (and routes) of the previous plugin.
+    let chained = prev.filter(|p| ipam.is_none() && !p.ips.is_empty());
 
     let tmp = temp_name(env);
     let stream = daemon::connect(true)?;
@@ -267,7 +308,9 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
         &target,
         &mut target_rt,
         &tmp,
+        &master.name,
         ipam.as_ref(),
+        chained,
         &mut ipam_done,
     );
     match made {
@@ -299,7 +342,9 @@ fn setup(
     target: &NetNs,
     target_rt: &mut Rtnl,
     tmp: &str,
+    master: &str,
     ipam: Option<&Ipam>,
+    chained: Option<CniResult>,
     ipam_done: &mut bool,
 ) -> Result<CniResult, CniError> {
     // Into the container (unless it was made there: linkInContainer).
@@ -364,10 +409,11 @@ fn setup(
             }
             r
         }
-        None => CniResult::default(),
+        None => chained.unwrap_or_default(),
     };
 
-    configure(target_rt, index, &result)?;
+    configure(target_rt, index, &env.ifname, &result)?;
+    wait_switched(target, &env.ifname, master, &result)?;
 
     let mac = target_rt
         .link_by_index(index)
@@ -390,8 +436,14 @@ fn setup(
 }
 
 /// Link up, addresses, routes (a route without `gw` goes through the gateway of its
-/// family, as the reference plugins' `ConfigureIface` does).
-fn configure(target_rt: &mut Rtnl, index: u32, result: &CniResult) -> Result<(), CniError> {
+/// family, as the reference plugins' `ConfigureIface` does). The routes are added once
+/// the addresses have settled (see [`settle`]).
+fn configure(
+    target_rt: &mut Rtnl,
+    index: u32,
+    ifname: &str,
+    result: &CniResult,
+) -> Result<(), CniError> {
     target_rt
         .set_link(
             index,
@@ -417,6 +469,7 @@ fn configure(target_rt: &mut Rtnl, index: u32, result: &CniResult) -> Result<(),
             _ => {}
         }
     }
+    settle(target_rt, index, ifname)?;
     for r in &result.routes {
         let (dst, prefix) = parse_cidr(&r.dst)?;
         let gw = r.gw.or(if dst.is_ipv4() { gw4 } else { gw6 });
@@ -436,6 +489,121 @@ fn configure(target_rt: &mut Rtnl, index: u32, result: &CniResult) -> Result<(),
             )))?;
     }
     Ok(())
+}
+
+/// How long ADD waits for IPv6 duplicate address detection (the reference plugins'
+/// `SettleAddresses` timeout).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ADD waits for the daemon to switch the container's addresses.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until no address of interface `index` is tentative (IPv6 duplicate address
+/// detection is over), so that the container can use its addresses as soon as ADD
+/// returns. A duplicate found is an error naming the address.
+fn settle(rt: &mut Rtnl, index: u32, ifname: &str) -> Result<(), CniError> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let addrs = rt
+            .addrs_with_flags()
+            .map_err(sys("listing the interface's addresses"))?;
+        let mine = addrs.iter().filter(|(a, _)| a.index == index);
+        if let Some((a, _)) = mine.clone().find(|(_, f)| f & IFA_F_DADFAILED != 0) {
+            return Err(CniError::new(
+                code::ADDRESS_IN_USE,
+                format!(
+                    "duplicate address detection failed for {}/{} on {ifname}: another host on the network uses it",
+                    a.ip, a.prefix
+                ),
+            ));
+        }
+        let tentative: Vec<String> = mine
+            .filter(|(_, f)| f & IFA_F_TENTATIVE != 0)
+            .map(|(a, _)| a.ip.to_string())
+            .collect();
+        if tentative.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CniError::system(format!(
+                "{ifname} still has tentative addresses after {} seconds: {}",
+                SETTLE_TIMEOUT.as_secs(),
+                tentative.join(", ")
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until the daemon has learned every address of `result` on the container's
+/// interface (its `Show` lists what the port switches), so that the first packet to
+/// the container is not lost. An address that left the interface meanwhile was
+/// refused by the daemon: another slave of the master has it.
+fn wait_switched(
+    target: &NetNs,
+    ifname: &str,
+    master: &str,
+    result: &CniResult,
+) -> Result<(), CniError> {
+    let want: Vec<IpAddr> = result
+        .ips
+        .iter()
+        .map(|ip| ip.addr().map(|(a, _)| a))
+        .collect::<Result<_, _>>()?;
+    if want.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + SWITCH_TIMEOUT;
+    let mut rt = Rtnl::in_ns(target).map_err(io_sys("netlink socket in CNI_NETNS"))?;
+    loop {
+        let stream = daemon::connect(false)?;
+        let reply = daemon::check(daemon::call(
+            &stream,
+            &ns_fd(target)?,
+            &Request::Show {
+                dev: Some(ifname.to_string()),
+            },
+        )?)?;
+        let learned: Vec<IpAddr> = reply
+            .links
+            .iter()
+            .flat_map(|l| l.addrs.iter().copied())
+            .collect();
+        let missing: Vec<IpAddr> = want
+            .iter()
+            .copied()
+            .filter(|a| !learned.contains(a))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let on_link = rt
+            .addrs()
+            .map_err(sys("listing the interface's addresses"))?;
+        if let Some(gone) = missing
+            .iter()
+            .find(|a| !on_link.iter().any(|l| l.ip == **a))
+        {
+            return Err(CniError::new(
+                code::ADDRESS_IN_USE,
+                format!(
+                    "address {gone} was refused on {ifname}: another slave of master {master:?} has it"
+                ),
+            ));
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<String> = missing.iter().map(IpAddr::to_string).collect();
+            return Err(CniError::new(
+                code::DAEMON,
+                format!(
+                    "the ipvlan-rs daemon has not learned {} of {ifname} after {} seconds: packets to it would not be switched",
+                    missing.join(", "),
+                    SWITCH_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -518,6 +686,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         })?;
     let master = master_link(
         conf,
+        None,
         if conf.link_in_container {
             &target
         } else {

@@ -654,3 +654,188 @@ fn link_in_container() {
     w.plugin_raw_ok("DEL", "ctr-l", &p0, "net1", &conf);
     assert!(!link_names(&c0).contains("net1"));
 }
+
+/// Chaining as the reference plugin's own test cases run it: no `master` and no `ipam`,
+/// `prevResult` naming the master as its one interface and carrying the address to
+/// apply (for a master beside the host and one in the container); then CHECK and DEL
+/// with the result as `prevResult`. No default route anywhere: the master can only come
+/// from `prevResult`. A `prevResult` without a single named interface is refused.
+#[test]
+fn chained_after_another_plugin() {
+    let w = World::new(1);
+    let c0 = w.c(0).to_string();
+    let p0 = w.netns_path(&c0);
+    ok(&format!(
+        "ip -n {c0} link add eth1 type veth peer name eth1peer && ip -n {c0} link set eth1 up && ip -n {c0} link set eth1peer up"
+    ));
+    for (in_container, master) in [(false, "eth0"), (true, "eth1")] {
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "mynet",
+            "type": "ipvlan",
+            "linkInContainer": in_container,
+            "prevResult": {
+                "interfaces": [{"name": master}],
+                "ips": [{"version": "4", "address": format!("{}/24", w.v4(2)),
+                         "gateway": w.v4(1), "interface": 0}],
+                "routes": []
+            }
+        });
+        let r: Value = serde_json::from_str(&w.plugin_raw_ok("ADD", "dummy", &p0, "ipvl0", &conf))
+            .expect("result JSON");
+        eprintln!("chained ADD result: {r}");
+        assert_eq!(r["interfaces"].as_array().map(Vec::len), Some(1), "{r}");
+        assert_eq!(r["interfaces"][0]["name"], "ipvl0");
+        assert_eq!(r["ips"].as_array().map(Vec::len), Some(1), "{r}");
+        assert_eq!(r["ips"][0]["interface"], 0);
+        let master_ns = if in_container { &c0 } else { &w.host };
+        assert_eq!(r["interfaces"][0]["mac"], mac(master_ns, master).as_str());
+        assert_eq!(mac(&c0, "ipvl0"), mac(master_ns, master));
+        let addrs = ok(&format!("ip -n {c0} -4 -o addr show dev ipvl0"));
+        assert_eq!(addrs.lines().count(), 1, "{addrs}");
+        assert!(addrs.contains(&format!("{}/24", w.v4(2))), "{addrs}");
+        if !in_container {
+            w.assert_ping(&c0, &w.v4(1));
+        }
+        // CHECK and DEL with the cached configuration, as the reference test builds it.
+        let mut cached = conf.clone();
+        cached["master"] = json!(master);
+        cached["prevResult"] = r;
+        w.plugin_raw_ok("CHECK", "dummy", &p0, "ipvl0", &cached);
+        w.plugin_raw_ok("DEL", "dummy", &p0, "ipvl0", &cached);
+        assert!(!link_names(&c0).contains("ipvl0"), "{}", w.diag());
+    }
+
+    // prevResult's routes are applied with its addresses, IPv6 included.
+    let conf = json!({
+        "cniVersion": "0.4.0",
+        "name": "mynet",
+        "type": "ipvlan",
+        "prevResult": {
+            "cniVersion": "0.4.0",
+            "interfaces": [{"name": "eth0"}],
+            "ips": [{"version": "4", "address": format!("{}/24", w.v4(3)), "interface": 0},
+                    {"version": "6", "address": format!("fd00:{}::3/64", w.x), "interface": 0}],
+            "routes": [{"dst": "10.254.0.0/16", "gw": w.v4(1)}]
+        }
+    });
+    let r: Value =
+        serde_json::from_str(&w.plugin_ok("ADD", "chained-v6", &p0, &conf)).expect("result JSON");
+    assert_eq!(r["ips"].as_array().map(Vec::len), Some(2), "{r}");
+    let route = ok(&format!("ip -n {c0} route show 10.254.0.0/16"));
+    assert!(route.contains(&format!("via {}", w.v4(1))), "{route}");
+    let v6 = ok(&format!("ip -n {c0} -6 -o addr show dev eth0"));
+    assert!(v6.contains(&format!("fd00:{}::3/64", w.x)), "{v6}");
+    w.plugin_ok("DEL", "chained-v6", &p0, &conf);
+
+    // Not exactly one named interface in prevResult: the reference plugin's error,
+    // and nothing made.
+    for interfaces in [
+        json!([]),
+        json!([{"name": "eth0"}, {"name": "eth1"}]),
+        json!([{"name": ""}]),
+    ] {
+        let mut bad = conf.clone();
+        bad["prevResult"]["interfaces"] = interfaces;
+        let e = error_json(&w.plugin("ADD", "chained-bad", &p0, &bad));
+        assert_eq!(e["code"], 7, "{e}");
+        assert!(
+            e["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("PrevResult lacks a single named interface"),
+            "{e}"
+        );
+    }
+    // A master given explicitly wins over prevResult's interface.
+    let mut explicit = conf.clone();
+    explicit["master"] = json!("eth9");
+    let e = error_json(&w.plugin("ADD", "chained-bad", &p0, &explicit));
+    assert!(
+        e["msg"].as_str().unwrap_or_default().contains("eth9"),
+        "{e}"
+    );
+    assert_eq!(
+        link_names(&c0),
+        BTreeSet::from(["lo".into(), "eth1".into(), "eth1peer".into()])
+    );
+    assert_eq!(w.host_leftovers(), BTreeSet::new(), "{}", w.diag());
+}
+
+/// When ADD returns, the container's addresses are usable: no IPv6 address is still
+/// tentative, the daemon switches every address (the first packet, in both families,
+/// from the external peer and from the other container, gets through), and an address
+/// another host already has (duplicate address detection) fails ADD naming it, leaving
+/// nothing behind.
+#[test]
+fn addresses_usable_when_add_returns() {
+    let w = World::new(2);
+    let (c0, c1) = (w.c(0).to_string(), w.c(1).to_string());
+    let (p0, p1) = (w.netns_path(&c0), w.netns_path(&c1));
+    let x = w.x;
+    ok(&format!(
+        "ip -n {} addr add fd00:{x}::1/64 dev eth0 nodad",
+        w.router
+    ));
+    let mut conf = w.conf("1.0.0", Some("eth0"));
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [
+            [{"subnet": format!("10.{x}.0.0/24"), "rangeStart": format!("10.{x}.0.10"), "gateway": format!("10.{x}.0.1")}],
+            [{"subnet": format!("fd00:{x}::/64"), "rangeStart": format!("fd00:{x}::10"), "gateway": format!("fd00:{x}::1")}]
+        ],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+        "dataDir": w.dir.join("ipam").to_string_lossy(),
+    });
+    w.plugin_ok("ADD", "ctr-0", &p0, &conf);
+    let addrs = ok(&format!("ip -n {c0} addr show dev eth0"));
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    assert!(addrs.contains(&format!("fd00:{x}::10/64")), "{addrs}");
+    // One packet each, nothing sent before: the first packet is answered.
+    let first = |ns: &str, addr: &str| {
+        let out = sh(&format!("ip netns exec {ns} ping -c 1 -W 3 {addr}"));
+        assert!(
+            out.status.success(),
+            "first packet {ns} -> {addr} lost\n{}",
+            w.diag()
+        );
+    };
+    first(&w.router, &w.v4(10));
+    first(&w.router, &format!("fd00:{x}::10"));
+    w.plugin_ok("ADD", "ctr-1", &p1, &conf);
+    let addrs = ok(&format!("ip -n {c1} addr show dev eth0"));
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    first(&c0, &format!("fd00:{x}::11"));
+    first(&c1, &w.v4(10));
+    w.plugin_ok("DEL", "ctr-1", &p1, &conf);
+
+    // The router already has fd00:X::66: duplicate address detection fails.
+    ok(&format!(
+        "ip -n {} addr add fd00:{x}::66/64 dev eth0 nodad",
+        w.router
+    ));
+    let dup = json!({
+        "cniVersion": "1.0.0",
+        "name": "dup",
+        "type": "ipvlan",
+        "master": "eth0",
+        "ipam": {"type": "static", "addresses": [{"address": format!("fd00:{x}::66/64")}]}
+    });
+    let e = error_json(&w.plugin("ADD", "ctr-dup", &p1, &dup));
+    eprintln!("duplicate address: {e}");
+    assert_eq!(e["code"], 104, "{e}");
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("fd00:{x}::66")),
+        "{e}"
+    );
+    assert_eq!(link_names(&c1), BTreeSet::from(["lo".into()]));
+    w.plugin_ok("DEL", "ctr-0", &p0, &conf);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !w.host_leftovers().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(w.host_leftovers(), BTreeSet::new(), "{}", w.diag());
+}

@@ -143,6 +143,11 @@ pub struct LinkStats {
     pub tx_dropped: u64,
 }
 
+/// An address whose duplicate address detection has not finished.
+pub const IFA_F_TENTATIVE: u32 = 0x40;
+/// An address whose duplicate address detection found a duplicate.
+pub const IFA_F_DADFAILED: u32 = 0x08;
+
 /// An interface address (`ifa_address`, spec §2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addr {
@@ -697,6 +702,33 @@ impl Rtnl {
             .into_iter()
             .filter_map(|m| match m {
                 RtnlMessage::Route(RouteNetlinkMessage::NewAddress(a)) => parse_addr(a),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every address of this namespace with its `IFA_F_*` flags (`IFA_FLAGS` when the
+    /// kernel sends it, else the header's eight bits): whether DAD is still running
+    /// ([`IFA_F_TENTATIVE`]) or failed ([`IFA_F_DADFAILED`]).
+    pub fn addrs_with_flags(&mut self) -> Result<Vec<(Addr, u32)>> {
+        let answers = self.exchange(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RtnlMessage::Route(RouteNetlinkMessage::NewAddress(a)) => {
+                    let flags = a
+                        .attributes
+                        .iter()
+                        .find_map(|at| match at {
+                            AddressAttribute::Flags(f) => Some(f.bits()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| u32::from(a.header.flags.bits()));
+                    parse_addr(a).map(|addr| (addr, flags))
+                }
                 _ => None,
             })
             .collect())

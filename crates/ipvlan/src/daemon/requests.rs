@@ -108,6 +108,15 @@ impl Requests for Daemon {
             Some(d) => Some(self.resolve_dev(caller, d)?),
             None => None,
         };
+        // A slave's view lists what its port switches (the CNI plugin waits for its
+        // addresses there): the port's held-back changes are applied first.
+        if let Some((k, _)) = only
+            && let Some(w) = self.watched.get_mut(&k.ns)
+        {
+            self.ports[k]
+                .datapath
+                .tick(&mut w.at(), std::time::Instant::now(), true);
+        }
         Ok(self.views(only))
     }
 }
