@@ -16,6 +16,8 @@
 //! Root only; a runtime that is missing or does not start fails the test with a message
 //! (`sudo ./x deps` installs podman, runc, containerd and busybox-static).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,7 +62,7 @@ fn run(cmd: &mut Command) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid is a pid_t"));
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -399,7 +401,7 @@ impl Drop for World {
             let _ = c.wait();
         }
         if let Some(mut d) = self.daemon.take() {
-            let pid = nix::unistd::Pid::from_raw(d.id() as i32);
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(d.id()).expect("a pid is a pid_t"));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while matches!(d.try_wait(), Ok(None)) && Instant::now() < deadline {
