@@ -290,6 +290,9 @@ impl Daemon {
         for (nsid, ev) in evs {
             resync |= self.handle_event(key, nsid, ev);
         }
+        if resync {
+            self.master_addrs_changed(key);
+        }
         let ports: Vec<u32> = self
             .ports
             .iter()
