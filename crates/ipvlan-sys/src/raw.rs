@@ -2,7 +2,13 @@
 //! master as output device".
 //!
 //! A [`RawSender`] holds one IPv4 and one IPv6 `SOCK_RAW`/`IPPROTO_RAW` socket, opened in
-//! the master's namespace and bound to the master device (`SO_BINDTOIFINDEX`). A packet
+//! the master's namespace. The IPv4 one is bound to the master device
+//! (`SO_BINDTOIFINDEX`). The IPv6 one is not: a bound socket makes the kernel's route
+//! lookup insist on the device, where the driver's (`ip6_route_output` with the master as
+//! output interface and the packet's source) takes it only as a preference for global
+//! destinations (spec §4.2), so that a blackhole or a route through another device
+//! applies; every packet carries the master and its own source in `IPV6_PKTINFO`
+//! instead (the socket is `IPV6_TRANSPARENT`, so any source is accepted). A packet
 //! handed to [`RawSender::send`] carries its own IP header (`IPPROTO_RAW` implies
 //! `IP_HDRINCL`, and on IPv6 the equivalent); the kernel routes it by its destination with
 //! the bound device as output interface, resolves the next hop's MAC on the master,
@@ -21,7 +27,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
+use std::io::IoSlice;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, SockaddrIn6, sendmsg, sendto};
 
 use crate::sock::{cvt, setsockopt_int};
 
@@ -49,13 +57,15 @@ fn open_one(family: libc::c_int, ifindex: u32, mark: u32) -> io::Result<OwnedFd>
     if family == libc::AF_INET {
         // Implied by IPPROTO_RAW; stated so that it does not depend on that rule.
         setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+        setsockopt_int(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTOIFINDEX,
+            ifindex as libc::c_int,
+        )?;
+    } else {
+        setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, 1)?;
     }
-    setsockopt_int(
-        &fd,
-        libc::SOL_SOCKET,
-        libc::SO_BINDTOIFINDEX,
-        ifindex as libc::c_int,
-    )?;
     setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)?;
     // Room for bursts; SO_SNDBUFFORCE ignores the sysctl cap as root.
     let _ = setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
@@ -106,11 +116,18 @@ impl RawSender {
                         "IPv6 is not available in this namespace",
                     )
                 })?;
-                sendto(
+                let src: [u8; 16] = ip_packet[8..24].try_into().expect("checked length");
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr { s6_addr: src },
+                    ipi6_ifindex: self.ifindex,
+                };
+                let to = SockaddrIn6::from(sockaddr_v6(dst, self.ifindex));
+                sendmsg(
                     fd.as_raw_fd(),
-                    ip_packet,
-                    &SockaddrIn6::from(sockaddr_v6(dst, self.ifindex)),
+                    &[IoSlice::new(ip_packet)],
+                    &[ControlMessage::Ipv6PacketInfo(&info)],
                     MsgFlags::MSG_DONTWAIT,
+                    Some(&to),
                 )?
             }
         };
