@@ -331,7 +331,12 @@ pub const LOCAL_VALUE: [u8; 1] = [1];
 pub fn wanted(at: Attach, spec: &Spec) -> bool {
     match at {
         Attach::Master => spec.mode != Mode::L3s,
-        Attach::HostEnd => spec.mode != Mode::L2 || !spec.source_guard,
+        Attach::HostEnd => match spec.mode {
+            Mode::L2 => !spec.source_guard,
+            Mode::L3 => true,
+            // Only slave to slave: L3S egress stays with the daemon.
+            Mode::L3s => spec.flags == Flags::Bridge && !spec.source_guard,
+        },
     }
 }
 
@@ -860,5 +865,7 @@ mod tests {
         assert!(wanted(HostEnd, &spec(Mode::L2, Flags::Vepa, false)));
         assert!(!wanted(HostEnd, &spec(Mode::L2, Flags::Bridge, true)));
         assert!(wanted(HostEnd, &spec(Mode::L3, Flags::Private, true)));
+        assert!(!wanted(HostEnd, &spec(Mode::L3s, Flags::Private, false)));
+        assert!(!wanted(HostEnd, &spec(Mode::L3s, Flags::Bridge, true)));
     }
 }

@@ -299,6 +299,9 @@ impl Daemon {
         for (nsid, ev) in evs {
             resync |= self.handle_event(key, nsid, ev);
         }
+        if resync {
+            self.master_addrs_changed(key);
+        }
         for k in self.ports.in_ns(key) {
             if !self.ports.contains(k) {
                 continue;
