@@ -1,16 +1,13 @@
 //! Talking to the ipvlan-rs daemon: every use of its control protocol by this plugin is
 //! here (the protocol's crate is named once, below), and starting a daemon when none
-//! answers, as the `ipvlan` CLI and the CNI plugin do.
+//! answers (`ipvlan_proto::client`, as the `ipvlan` CLI and the CNI plugin do).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipvlan_core::{Flags, Mode};
-use ipvlan_proto::{self as proto, PortArgs, Reply, Request, Status};
+use ipvlan_proto::{self as proto, PortArgs, Reply, Request, Status, client};
 use ipvlan_sys::NetNs;
 
 /// Creates slave `name` on `master`, both resolved in namespace `ns`, with the port's
@@ -74,70 +71,13 @@ fn call(ns: &NetNs, req: &Request, autostart: bool) -> Result<Reply, String> {
 }
 
 /// Connects to the daemon; with `autostart`, starts one if none answers (unless
-/// `IPVLAN_NO_AUTOSTART` is set).
+/// `IPVLAN_NO_AUTOSTART` is set), with the `ipvlan` binary `IPVLAN_BIN` names, or the
+/// one next to this plugin, or on `PATH`.
 fn connect(autostart: bool) -> Result<UnixStream, String> {
-    let path = proto::socket_path();
-    match UnixStream::connect(&path) {
-        Ok(s) => Ok(s),
-        Err(e) if !autostart || std::env::var_os("IPVLAN_NO_AUTOSTART").is_some() => {
-            Err(format!("cannot reach the ipvlan-rs daemon on {path}: {e}"))
-        }
-        Err(_) => start(&path),
-    }
-}
-
-/// The `ipvlan` binary: `IPVLAN_BIN`, else next to this plugin, else on `PATH`.
-fn ipvlan_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("IPVLAN_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("ipvlan")));
-    if let Some(p) = beside.filter(|p| p.is_file()) {
-        return Some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("ipvlan"))
-        .find(|p| p.is_file())
-}
-
-/// Starts `ipvlan daemon --socket PATH` in its own process group, logging beside the
-/// socket, and waits until it answers.
-fn start(path: &str) -> Result<UnixStream, String> {
-    let fail = |why: String| format!("cannot reach the ipvlan-rs daemon on {path}: {why}");
-    let bin = ipvlan_binary().ok_or_else(|| {
-        fail("no daemon answers and no `ipvlan` binary was found to start one (set IPVLAN_BIN, or put it next to ipvlan-docker or on PATH)".into())
-    })?;
-    let dir = Path::new(path).parent().unwrap_or(Path::new("/run"));
-    let started = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("daemon.log"))?;
-        Command::new(&bin)
-            .args(["daemon", "--socket", path])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()?;
-        Ok(())
-    })();
-    started.map_err(|e| fail(format!("starting {}: {e}", bin.display())))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() > deadline => {
-                return Err(fail(format!(
-                    "started {} but it does not answer: {e}",
-                    bin.display()
-                )));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+    let how = if autostart {
+        client::Autostart::Find
+    } else {
+        client::Autostart::Off
+    };
+    client::connect(how).map_err(|e| e.to_string())
 }

@@ -9,6 +9,8 @@
 //! names) serialise as the strings `ip -j` and `ipvlan -j` print.
 #![forbid(unsafe_code)]
 
+pub mod client;
+
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::IpAddr;

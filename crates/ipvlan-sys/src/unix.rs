@@ -79,3 +79,42 @@ pub fn same_user_ns(pid: i32) -> bool {
         _ => false,
     }
 }
+
+/// The listening socket a service manager handed this process (socket activation:
+/// `LISTEN_PID` is this process and `LISTEN_FDS` at least 1, the socket is descriptor
+/// 3), if it did and descriptor 3 is a listening Unix stream socket. Taken once: a
+/// second call finds nothing.
+pub fn activated_listener() -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    const FIRST: std::os::fd::RawFd = 3;
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !for_us || count == 0 || TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    // SAFETY: under the socket-activation protocol the service manager passes this
+    // process descriptor 3 open, and nothing else in this process owns it; `TAKEN`
+    // makes sure it is wrapped once.
+    let fd = unsafe { OwnedFd::from_raw_fd(FIRST) };
+    let kind = getsockopt(&fd, sockopt::SockType)?;
+    let listening = getsockopt(&fd, sockopt::AcceptConn)?;
+    let unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok();
+    if kind != nix::sys::socket::SockType::Stream || !listening || !unix {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket the service manager passed is no listening Unix stream socket",
+        ));
+    }
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(Some(std::os::unix::net::UnixListener::from(fd)))
+}

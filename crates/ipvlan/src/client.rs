@@ -2,9 +2,7 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
 use crate::grammar::{LinkCmd, parse_link};
 use crate::output::{self, Style};
@@ -44,10 +42,7 @@ pub fn link(args: &[String], style: Style, json: bool, pretty: bool) -> ExitCode
     let reply = match call(&req) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "ipvlan: cannot reach the daemon on {}: {e}",
-                proto::socket_path()
-            );
+            eprintln!("ipvlan: {e}");
             return ExitCode::from(2);
         }
     };
@@ -106,12 +101,8 @@ pub fn monitor(json: bool) -> ExitCode {
 }
 
 fn connect() -> std::io::Result<UnixStream> {
-    let path = proto::socket_path();
-    match UnixStream::connect(&path) {
-        Ok(s) => Ok(s),
-        Err(e) if std::env::var_os("IPVLAN_NO_AUTOSTART").is_some() => Err(e),
-        Err(_) => start_daemon(&path),
-    }
+    let me = std::env::current_exe()?;
+    Ok(proto::client::connect(proto::client::Autostart::With(&me))?)
 }
 
 fn send(stream: &UnixStream, req: &Request) -> std::io::Result<proto::Reply> {
@@ -119,33 +110,12 @@ fn send(stream: &UnixStream, req: &Request) -> std::io::Result<proto::Reply> {
     proto::call(stream, &netns, req)
 }
 
-fn call(req: &Request) -> std::io::Result<proto::Reply> {
-    send(&connect()?, req)
-}
-
-/// Starts a daemon in the background and waits until it answers.
-fn start_daemon(path: &str) -> std::io::Result<UnixStream> {
-    let dir = std::path::Path::new(path)
-        .parent()
-        .unwrap_or(std::path::Path::new("/run"));
-    std::fs::create_dir_all(dir)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))?;
-    Command::new(std::env::current_exe()?)
-        .args(["daemon", "--socket", path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+fn call(req: &Request) -> Result<proto::Reply, String> {
+    let stream = connect().map_err(|e| e.to_string())?;
+    send(&stream, req).map_err(|e| {
+        format!(
+            "the ipvlan-rs daemon on {} did not answer: {e}",
+            proto::socket_path()
+        )
+    })
 }

@@ -7,6 +7,7 @@ mod client;
 mod daemon;
 mod demo;
 mod grammar;
+mod home;
 mod output;
 
 use std::process::ExitCode;
@@ -79,6 +80,11 @@ enum Cmd {
         /// and POSTROUTING, as the kernel driver does).
         #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
         fast_path: String,
+        /// Leave the caller's namespaces first: a session of its own, the host's network,
+        /// cgroup and mount namespaces (PID 1's), a cgroup of its own. What a client
+        /// that starts a daemon asks for.
+        #[arg(long)]
+        home: bool,
     },
     /// Build the kernel HOWTO's topology in scratch namespaces, test it, tear it down.
     #[command(after_help = "Example:\n  sudo ipvlan demo")]
@@ -130,7 +136,19 @@ fn main() -> ExitCode {
             backend,
             busy_poll,
             fast_path,
+            home,
         } => {
+            let went_home = if home {
+                match home::go_home() {
+                    Ok(done) => done,
+                    Err(e) => {
+                        eprintln!("ipvlan daemon: cannot leave the caller's namespaces: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             let socket = socket.unwrap_or_else(ipvlan_proto::socket_path);
             let backend = if backend == "user" {
                 ipvlan_datapath::Backend::User
@@ -144,6 +162,7 @@ fn main() -> ExitCode {
                 backend,
                 busy_poll,
                 fast_path == "on",
+                &went_home,
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -194,6 +213,7 @@ fn run_daemon(
     backend: ipvlan_datapath::Backend,
     busy_poll: std::time::Duration,
     fast_path: bool,
+    went_home: &[String],
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,6 +227,9 @@ fn run_daemon(
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    for line in went_home {
+        tracing::info!("home: {line}");
+    }
     // Block the stop signals in every thread; one thread waits for them.
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGTERM);

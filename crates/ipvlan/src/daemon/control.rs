@@ -109,8 +109,20 @@ pub(super) struct Control {
 }
 
 impl Control {
-    /// Listens on `socket`, readable and writable by the daemon's user only.
+    /// Listens on `socket`, readable and writable by the daemon's user only; or, where
+    /// a service manager started the daemon for its socket (socket activation), on the
+    /// socket it passed (its unit says where and with which mode).
     pub fn bind(socket: &Path) -> anyhow::Result<Self> {
+        if let Some(listener) = ipvlan_sys::unix::activated_listener()
+            .context("the socket passed by the service manager")?
+        {
+            tracing::info!("serving the socket the service manager passed");
+            listener.set_nonblocking(true)?;
+            return Ok(Self {
+                listener,
+                subscribers: Vec::new(),
+            });
+        }
         safe_socket_path(socket)?;
         if UnixStream::connect(socket).is_ok() {
             anyhow::bail!("a daemon already answers on {}", socket.display());
