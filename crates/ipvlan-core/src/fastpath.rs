@@ -26,8 +26,8 @@
 //!   master not in L3S (its ingress must go through the master's namespace);
 //! * to the wire (L2, [`Spec`]): unicast to another MAC, or any unicast in `vepa`; not
 //!   with the source guard (its ports have no host-end program in L2);
-//! * routed (L3), or handed to the master namespace's stack (L3S, see below): IPv4 or IPv6 to an address that is no slave's (any, in `vepa`)
-//!   and not the master namespace's own (the local map: every address of every device
+//! * routed (L3), or handed to the master namespace's stack (L3S, see below): IPv4 or
+//!   IPv6 to an address that is no slave's (any, in `vepa`) and not the master namespace's own (the local map: every address of every device
 //!   there, `::1`; and 127.0.0.0/8), because `bpf_redirect_neigh` sends a local
 //!   destination out of the master with zero MACs; nor what the master's namespace
 //!   routes as broadcast or multicast (the local map also holds the IPv4 subnets'
@@ -479,7 +479,7 @@ impl Asm {
     /// PREROUTING, FORWARD and POSTROUTING. Its TTL or hop limit goes up by one first,
     /// so the router sees it as the slave sent it (forwarding takes the one off again);
     /// one sent at 255 arrives with 254.
-    fn to_stack(&mut self, acc: Access, verdict: Verdict) {
+    fn up_the_stack(&mut self, acc: Access, verdict: Verdict) {
         if verdict == Verdict::Skip {
             self.take(verdict, 0);
             return;
@@ -698,7 +698,7 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
         a.label(Label::Send);
         a.jmp_imm(JNE, R0, 0, Label::Pass);
         if spec.mode == Mode::L3s {
-            a.to_stack(acc, verdict);
+            a.up_the_stack(acc, verdict);
         } else {
             a.mov_imm(R1, spec.master.cast_signed()); // the helper reads a u32 ifindex
             a.mov_imm(R2, 0);

@@ -972,7 +972,12 @@ impl Rtnl {
 
     /// `ip neigh replace IP lladdr MAC dev DEV nud permanent` (`Some(MAC)`), or
     /// `ip neigh del IP dev DEV` (`None`).
-    pub fn permanent_neighbour(&mut self, dev: u32, ip: IpAddr, mac: Option<[u8; 6]>) -> Result<()> {
+    pub fn permanent_neighbour(
+        &mut self,
+        dev: u32,
+        ip: IpAddr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = ip_family(ip);
         m.header.ifindex = dev;

@@ -159,17 +159,13 @@ impl Routing {
 
         if !self.ruled {
             for v6 in [false, true] {
-                exists_ok(rtnl.iif_rule(
-                    true,
-                    v6,
-                    &self.master_name,
-                    Some(self.table),
-                    RULE_PREF,
-                ))?;
+                exists_ok(rtnl.iif_rule(true, v6, &self.master_name, Some(self.table), RULE_PREF))?;
                 let on = if v6 {
                     read(ns, "/proc/sys/net/ipv6/conf/all/forwarding")? != "0"
-                        || read(ns, &sysctl_path(true, &self.master_name, "force_forwarding"))?
-                            != "0"
+                        || read(
+                            ns,
+                            &sysctl_path(true, &self.master_name, "force_forwarding"),
+                        )? != "0"
                 } else {
                     read(ns, &sysctl_path(false, &self.master_name, "forwarding"))? != "0"
                 };
@@ -207,8 +203,9 @@ impl Routing {
         }
         for v6 in [false, true] {
             let rules = rtnl.iif_rules(v6, &self.master_name).map_err(kernel)?;
-            self.master_forwarding[usize::from(v6)] =
-                rules.iter().any(|&(p, t)| p == RULE_PREF + 1 && t.is_none());
+            self.master_forwarding[usize::from(v6)] = rules
+                .iter()
+                .any(|&(p, t)| p == RULE_PREF + 1 && t.is_none());
         }
         Ok(())
     }
@@ -238,8 +235,8 @@ impl Routing {
                 let _ = rtnl.del_route(&r);
             }
         }
-        let default = read(ns, "/proc/sys/net/ipv4/conf/default/forwarding")
-            .unwrap_or_else(|_| "0".into());
+        let default =
+            read(ns, "/proc/sys/net/ipv4/conf/default/forwarding").unwrap_or_else(|_| "0".into());
         for (_, name) in &self.forwarding {
             // Host ends that went took their sysctls with them.
             let _ = write(ns, &sysctl_path(false, name, "forwarding"), &default);

@@ -19,8 +19,7 @@ use super::{Daemon, Error, L3S_QUEUE_BASE, L3s};
 impl Daemon {
     /// Sets up or removes the L3S plumbing so that it matches the port's mode.
     pub(super) fn sync_l3s(&mut self, k: PortKey) -> Result<(), Error> {
-        let want =
-            self.ports[k].port.mode() == Mode::L3s && !self.ports[k].datapath.routes_l3s();
+        let want = self.ports[k].port.mode() == Mode::L3s && !self.ports[k].datapath.routes_l3s();
         match (want, self.ports[k].l3s.is_some()) {
             (true, false) => self.enter_l3s(k),
             (false, true) => {
