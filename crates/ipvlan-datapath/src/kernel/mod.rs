@@ -17,9 +17,12 @@
 //! * `tables`: the tables put back when something outside removed or changed them.
 //! * `fast`: the BPF fast path (the master's and the host ends' programs, their maps,
 //!   the host-end sockets' filter).
+//! * [`l3s`]: L3S routed through the master namespace's stack where the fast path runs
+//!   (routes, rules, neighbour entries, sysctls); elsewhere L3S goes through the daemon.
 
 mod coalesce;
 mod fast;
+pub mod l3s;
 mod programs;
 mod tables;
 
@@ -107,6 +110,8 @@ pub struct Datapath {
     fast_failed: bool,
     /// What the last apply was given: applied again on a fallback or a restore.
     last: Option<PortInput>,
+    /// L3S routed in the kernel (see [`l3s`]).
+    l3s_routing: Option<l3s::Routing>,
 }
 
 impl Datapath {
@@ -137,6 +142,7 @@ impl Datapath {
             fast: None,
             fast_failed: false,
             last: None,
+            l3s_routing: None,
         })
     }
 
@@ -152,6 +158,13 @@ impl Datapath {
             Some(f) => f.local_addrs_changed(rtnl),
             None => Ok(()),
         }
+    }
+
+    /// In L3S, the kernel carries the port's traffic through the master namespace's
+    /// stack (see [`l3s`]): the daemon sets up no NFQUEUE for it. Otherwise (the user
+    /// backend, the fast path off or not loadable) L3S goes through the daemon.
+    pub fn routes_l3s(&self) -> bool {
+        self.kind == Backend::Kernel && self.fast_path && !self.fast_failed
     }
 
     /// The BPF fast path is switching some of the port's unicast.
@@ -217,6 +230,7 @@ impl Datapath {
             self.kind == Backend::Kernel,
         ));
         self.sync_fast(at, &input);
+        self.sync_l3s_routing(at, &input);
         let at_once = self.nft.stage(prog, l3s_prog, Instant::now());
         self.last = Some(input);
         if at_once {
@@ -261,6 +275,9 @@ impl Datapath {
     /// Takes the port's programs off its master and host ends and removes its nft
     /// tables; the switching thread stops.
     pub fn remove(mut self, at: &mut At<'_>) {
+        if let Some(r) = self.l3s_routing.take() {
+            r.remove(at.ns, at.rtnl);
+        }
         if let Some(f) = self.fast.take() {
             f.remove(at.ns, at.rtnl, self.master_index);
         }
@@ -283,6 +300,28 @@ impl Datapath {
                 self.reapply(at);
             }
             Err(e) => tracing::error!("guard for {}: {e}", self.master_name),
+        }
+    }
+
+    /// Sets up, follows or removes the port's L3S routing (see [`l3s`]).
+    fn sync_l3s_routing(&mut self, at: &mut At<'_>, input: &PortInput) {
+        let want = input.snap.mode == Mode::L3s && self.routes_l3s() && self.fast.is_some();
+        if !want {
+            if let Some(r) = self.l3s_routing.take() {
+                r.remove(at.ns, at.rtnl);
+            }
+            return;
+        }
+        let ends: Vec<(SlaveId, u32, String)> = input
+            .ends
+            .iter()
+            .map(|e| (e.id, e.index, e.name.clone()))
+            .collect();
+        let r = self
+            .l3s_routing
+            .get_or_insert_with(|| l3s::Routing::new(self.master_index, &self.master_name));
+        if let Err(e) = r.sync(at.ns, at.rtnl, &input.snap, &ends) {
+            tracing::error!("L3S routing for {}: {e}", self.master_name);
         }
     }
 

@@ -1,4 +1,9 @@
 //! L3S plumbing in the master's namespace: policy routing, the NFQUEUE rules, the queue.
+//!
+//! Only where the daemon carries L3S: the user backend, or the kernel backend with the
+//! fast path off (`--fast-path off`: the driver's exact hooks). With the fast path the
+//! kernel routes L3S through the master namespace's stack and the port's datapath sets
+//! that up (`ipvlan_datapath::kernel::l3s`).
 
 use std::sync::Arc;
 
@@ -14,7 +19,7 @@ use super::{Daemon, Error, L3S_QUEUE_BASE, L3s};
 impl Daemon {
     /// Sets up or removes the L3S plumbing so that it matches the port's mode.
     pub(super) fn sync_l3s(&mut self, k: PortKey) -> Result<(), Error> {
-        let want = self.ports[k].port.mode() == Mode::L3s;
+        let want = self.ports[k].port.mode() == Mode::L3s && !self.ports[k].datapath.routes_l3s();
         match (want, self.ports[k].l3s.is_some()) {
             (true, false) => self.enter_l3s(k),
             (false, true) => {
