@@ -95,7 +95,13 @@ struct SlaveRec {
     loc: Option<Loc>,
     name: String,
     flags: u32,
+    /// The slave end's MTU at the last look (0: not looked yet); below
+    /// [`IPV6_MIN_MTU`] the kernel has IPv6 off on it.
+    mtu: u32,
 }
+
+/// Below this MTU a device has no IPv6 (the kernel's `IPV6_MIN_MTU`).
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// What a port in L3S mode has set up in its master's namespace.
 struct L3s {
