@@ -360,6 +360,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// One scrape of the metrics endpoint (the body, without the HTTP head).
     pub fn scrape(&self) -> String {
         use std::io::{Read, Write};
@@ -530,6 +535,13 @@ impl Topo {
         sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
     }
 
+    /// Deletes one of this topology's namespaces now (`ip netns del`), as its owner
+    /// would; it is not deleted again on drop.
+    pub fn del_netns(&mut self, ns: &str) {
+        ok(&format!("ip netns del {ns}"));
+        self.made.retain(|n| n != ns);
+    }
+
     /// Slave namespace `i`.
     pub fn ns(&self, i: usize) -> &str {
         &self.slaves[i]
@@ -593,7 +605,7 @@ impl Topo {
             }
         }
         if let Some(d) = &self.daemon {
-            let o = d.ipvlan_timeout(&self.host, &["-d", "-s", "link", "show"], DIAG_TIMEOUT);
+            let o = d.ipvlan_timeout(&self.router, &["-d", "-s", "link", "show"], DIAG_TIMEOUT);
             s.push_str(&format!(
                 "== ipvlan -d -s link show\n{}{}",
                 stdout(&o),
