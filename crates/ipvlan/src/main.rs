@@ -224,6 +224,8 @@ fn run_daemon(
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A log file (an auto-started daemon's, a service's journal) gets no colour codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IPVLAN_LOG")
                 .unwrap_or_else(|_| "info".into()),
