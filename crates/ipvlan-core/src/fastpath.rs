@@ -155,6 +155,8 @@ enum Label {
     LocalCheck,
     LocalV6,
     Send,
+    /// Host access: the destination is not the master namespace's.
+    NotLocal,
     GuardCheck,
     /// IPv6 that is not ICMPv6 from `::`: keyed by its destination.
     V6Keyed,
@@ -288,6 +290,10 @@ pub struct Spec {
     pub mode: Mode,
     pub flags: Flags,
     pub source_guard: bool,
+    /// Host access (`PortSnapshot::host_access`): in L3, what a slave sends to an
+    /// address of the master's namespace is the host end's stack's (the nftables
+    /// program accepts it there), so the socket filter does not copy it to userspace.
+    pub host_access: bool,
     /// The master's MAC, which every slave carries.
     pub mac: MacAddr,
     /// The master's ifindex: where a host end sends to the wire and routes.
@@ -633,6 +639,13 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
         a.label(Label::LocalV6);
         a.lookup(maps.local6, KEY6);
         a.label(Label::Send);
+        if spec.host_access && verdict == Verdict::Skip {
+            // The host end's stack takes it (see `Spec::host_access`): not copied.
+            a.jmp_imm(JEQ, R0, 0, Label::NotLocal);
+            a.mov_imm(R0, 0);
+            a.exit();
+            a.label(Label::NotLocal);
+        }
         a.jmp_imm(JNE, R0, 0, Label::Pass);
         a.mov_imm(R1, spec.master.cast_signed()); // the helper reads a u32 ifindex
         a.mov_imm(R2, 0);
@@ -691,6 +704,7 @@ mod tests {
             mode,
             flags,
             source_guard,
+            host_access: false,
             mac: M,
             master: 7,
         }

@@ -404,6 +404,7 @@ impl Rig {
             mode,
             flags,
             source_guard: guard,
+            host_access: false,
             mac: M,
             master: scratch.ifindex("eth0"),
         };
