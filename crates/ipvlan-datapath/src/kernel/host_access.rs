@@ -142,13 +142,27 @@ impl HostAccess {
                 && on
                 && self.ends.get(&end.index) != Some(&mac)
             {
+                let Some(link) = rtnl
+                    .link_by_index(end.index)
+                    .map_err(std::io::Error::other)?
+                else {
+                    continue;
+                };
+                // A new MAC (even the same one) flushes the device's neighbours.
+                let new_mac = link.mac != Some(mac);
                 let change = LinkChange {
                     flags_clear: IFF_NOARP,
-                    mac: Some(mac),
+                    mac: new_mac.then_some(mac),
                     ..Default::default()
                 };
-                rtnl.set_link(end.index, &change)
-                    .map_err(std::io::Error::other)?;
+                if new_mac || link.flags & IFF_NOARP != 0 {
+                    rtnl.set_link(end.index, &change)
+                        .map_err(std::io::Error::other)?;
+                }
+                if new_mac {
+                    self.entries
+                        .retain(|(k, e)| e.index != end.index || !matches!(k, Kind::Neighbour(_)));
+                }
                 let name = end.name.clone();
                 ns.run(move || ipv6_proxy_sysctls(&name))??;
                 self.ends.insert(end.index, mac);
