@@ -112,8 +112,9 @@ pub fn guard_jump(id: SlaveId) -> (String, (String, Vec<String>)) {
 /// frame is `PACKET_HOST` there) and answers on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostAccessRules {
-    /// First of all (before the group frames are dropped), L2 only: the slave's ARP
-    /// requests and neighbour solicitations, which the stack answers for its own
+    /// First of all (before the group frames are dropped), L2 only: the slave's
+    /// broadcast ARP requests and multicast neighbour solicitations (unicast ones go
+    /// as any unicast), which the stack answers for its own
     /// addresses (their fan-out stays userspace's). With the source guard, only from
     /// the slave's own addresses.
     pub first: Vec<String>,
@@ -152,8 +153,10 @@ pub fn host_access_rules(snap: &PortSnapshot) -> HostAccessRules {
     };
     HostAccessRules {
         first: vec![
-            format!("ether saddr {m} arp operation request {own4}accept"),
-            format!("ether saddr {m} icmpv6 type nd-neighbor-solicit {own6}accept"),
+            format!("meta pkttype broadcast ether saddr {m} arp operation request {own4}accept"),
+            format!(
+                "meta pkttype multicast ether saddr {m} icmpv6 type nd-neighbor-solicit {own6}accept"
+            ),
         ],
         local,
         arp: vec![format!(
@@ -360,7 +363,7 @@ mod tests {
             assert_eq!(from1.contains(&LOCAL), mode != Mode::L3s, "{mode}");
             let nd = from1
                 .iter()
-                .take_while(|r| !r.starts_with("meta pkttype"))
+                .take_while(|r| !r.starts_with("meta pkttype {"))
                 .count();
             assert_eq!(nd, if mode == Mode::L2 { 2 } else { 0 }, "{mode}");
         }
@@ -372,7 +375,7 @@ mod tests {
         let from1 = rules(&s, "from_1");
         assert_eq!(
             from1[0],
-            "ether saddr 52:54:00:12:34:56 arp operation request meta iif . arp saddr ip @own4 accept"
+            "meta pkttype broadcast ether saddr 52:54:00:12:34:56 arp operation request meta iif . arp saddr ip @own4 accept"
         );
         let jump = from1.iter().position(|r| *r == "jump guard_1").unwrap();
         let local = from1.iter().position(|r| *r == LOCAL).unwrap();
