@@ -858,6 +858,25 @@ mod tests {
     }
 
     #[test]
+    fn with_host_access_the_l3_socket_filter_leaves_local_destinations_to_the_host() {
+        let off = spec(Mode::L3, Flags::Bridge, false);
+        let on = Spec {
+            host_access: true,
+            ..off
+        };
+        // The tc program is the same: local destinations go on to the nftables program.
+        assert_eq!(
+            program(Attach::HostEnd, &off, &MAPS),
+            program(Attach::HostEnd, &on, &MAPS)
+        );
+        // The socket filter skips them (one more exit, returning 0).
+        let exits = |p: &[Insn]| p.iter().filter(|i| i.code == JMP | EXIT).count();
+        let (f_off, f_on) = (socket_filter(&off, &MAPS), socket_filter(&on, &MAPS));
+        assert_eq!(exits(&f_on), exits(&f_off) + 1);
+        assert_eq!(maps_named(&f_on), maps_named(&f_off));
+    }
+
+    #[test]
     fn slave_entries_are_laid_out_as_the_programs_read_them() {
         let e = SlaveEntry {
             host_index: 0x0102_0304,

@@ -237,7 +237,7 @@ pub struct OwnEntry {
 }
 
 /// Which of [`OwnEntry`]'s kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OwnKind {
     /// `ip route add IP dev DEV proto 250` (main table, scope link).
     Route,

@@ -33,35 +33,7 @@ use ipvlan_sys::rtnl::{IFF_NOARP, LinkChange, OwnEntry, OwnKind, Rtnl};
 use super::HostEnd;
 
 /// One entry of ours: its kind and what it is for.
-type Entry = (Kind, OwnEntry);
-
-/// [`OwnKind`] with an order, for sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Kind {
-    Route,
-    Neighbour([u8; 6]),
-    Proxy,
-}
-
-impl From<OwnKind> for Kind {
-    fn from(k: OwnKind) -> Self {
-        match k {
-            OwnKind::Route => Kind::Route,
-            OwnKind::Neighbour(mac) => Kind::Neighbour(mac),
-            OwnKind::Proxy => Kind::Proxy,
-        }
-    }
-}
-
-impl From<Kind> for OwnKind {
-    fn from(k: Kind) -> Self {
-        match k {
-            Kind::Route => OwnKind::Route,
-            Kind::Neighbour(mac) => OwnKind::Neighbour(mac),
-            Kind::Proxy => OwnKind::Proxy,
-        }
-    }
-}
+type Entry = (OwnKind, OwnEntry);
 
 /// A port's host access in its master's namespace.
 #[derive(Default)]
@@ -99,7 +71,7 @@ impl HostAccess {
             // Ours on this port's host ends, from an earlier daemon.
             for (kind, e) in rtnl.own_entries().map_err(std::io::Error::other)? {
                 if indices.contains(&e.index) {
-                    self.entries.insert((kind.into(), e));
+                    self.entries.insert((kind, e));
                 }
             }
             self.adopted = true;
@@ -120,8 +92,8 @@ impl HostAccess {
                     ip,
                     index: end.index,
                 };
-                want.insert((Kind::Route, e));
-                want.insert((Kind::Neighbour(mac), e));
+                want.insert((OwnKind::Route, e));
+                want.insert((OwnKind::Neighbour(mac), e));
             }
             if snap.mode == Mode::L2 {
                 for end in ends {
@@ -130,7 +102,7 @@ impl HostAccess {
                             ip: *ip,
                             index: end.index,
                         };
-                        want.insert((Kind::Proxy, e));
+                        want.insert((OwnKind::Proxy, e));
                     }
                 }
             }
@@ -160,8 +132,9 @@ impl HostAccess {
                         .map_err(std::io::Error::other)?;
                 }
                 if new_mac {
-                    self.entries
-                        .retain(|(k, e)| e.index != end.index || !matches!(k, Kind::Neighbour(_)));
+                    self.entries.retain(|(k, e)| {
+                        e.index != end.index || !matches!(k, OwnKind::Neighbour(_))
+                    });
                 }
                 let name = end.name.clone();
                 ns.run(move || ipv6_proxy_sysctls(&name))??;
@@ -170,14 +143,14 @@ impl HostAccess {
         }
         let stale: Vec<Entry> = self.entries.difference(&want).copied().collect();
         for (kind, e) in stale {
-            rtnl.set_own_entry(kind.into(), e, false)
+            rtnl.set_own_entry(kind, e, false)
                 .map_err(std::io::Error::other)?;
             self.entries.remove(&(kind, e));
         }
         let new: Vec<Entry> = want.difference(&self.entries).copied().collect();
         for (kind, e) in new {
             let added = rtnl
-                .set_own_entry(kind.into(), e, true)
+                .set_own_entry(kind, e, true)
                 .map_err(std::io::Error::other)?;
             if !added {
                 // Someone's own route to the address: theirs stays, and wins.
@@ -225,7 +198,7 @@ impl HostAccess {
     /// Removes everything of ours (the port is going).
     pub fn remove(self, rtnl: &mut Rtnl) {
         for (kind, e) in self.entries {
-            let _ = rtnl.set_own_entry(kind.into(), e, false);
+            let _ = rtnl.set_own_entry(kind, e, false);
         }
         for index in self.ends.keys() {
             let change = LinkChange {

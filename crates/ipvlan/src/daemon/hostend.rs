@@ -284,6 +284,19 @@ mod tests {
     }
 
     #[test]
+    fn with_host_access_a_host_end_answers_arp() {
+        let mut w = want();
+        w.mark.host_access = true;
+        let mut link = good();
+        link.alias = Some(w.mark.alias(&w.master_name));
+        let r = repair(&link, &[], &w);
+        assert_eq!(r.change.flags_clear, IFF_NOARP);
+        assert_eq!(r.what, ["ARP turned off"]);
+        link.flags = IFF_UP;
+        assert!(repair(&link, &[], &w).what.is_empty());
+    }
+
+    #[test]
     fn each_tampering_is_named() {
         let cases: [(&str, Link); 5] = [
             (
