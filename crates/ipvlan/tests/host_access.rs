@@ -352,6 +352,15 @@ fn scopeguard(ns: String) -> NsGuard {
 fn the_host_s_own_addresses_are_refused_on_slaves() {
     require_root();
     let t = setup("l2");
+    // A mode or flag change leaves it alone.
+    t.ipvlan_ok(
+        t.ns(0),
+        &[
+            "link", "set", "dev", "ipvl0", "type", "ipvlan", "mode", "l2", "bridge",
+        ],
+    );
+    let shown = t.ipvlan_ok(&t.host, &["-d", "link", "show"]);
+    assert!(shown.contains("mode l2 bridge host_access on"), "{shown}");
     // On: a slave taking HOST's address is refused (removed again).
     ok(&format!(
         "ip -n {} addr add {}/32 dev ipvl0",
