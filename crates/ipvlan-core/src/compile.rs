@@ -9,7 +9,8 @@
 //! * on each host end's ingress (the frames its slave sent), unicast follows the TX
 //!   tables of §4.1 and §4.2: to the owning slave unless `private` refuses it or `vepa`
 //!   sends everything out, to the wire for another MAC in L2; what is left is dropped,
-//!   so the master namespace's own stack never processes a slave's frame.
+//!   so the master namespace's own stack never processes a slave's frame, except L3S
+//!   egress the fast path hands to it (`PACKET_HOST`, see [`crate::fastpath`]).
 //!
 //! What a kernel program cannot do stays with the user backend, which sees every frame
 //! on its packet sockets before this hook: broadcast and multicast fan-out with the
@@ -244,6 +245,11 @@ pub fn program(
             sub = Some(chain);
         }
         rules.extend(host.local.iter().cloned());
+        if snap.mode == Mode::L3s {
+            // L3S egress the fast path hands to the master namespace's stack (see
+            // `fastpath`): it alone makes a slave's frame `PACKET_HOST`.
+            rules.push("ether type { ip, ip6 } meta pkttype host accept".into());
+        }
         let local = |sel: &str, key: &str, set: &str, map: &str| {
             if snap.flags == Flags::Private {
                 format!(

@@ -26,9 +26,8 @@
 //!   master not in L3S (its ingress must go through the master's namespace);
 //! * to the wire (L2, [`Spec`]): unicast to another MAC, or any unicast in `vepa`; not
 //!   with the source guard (its ports have no host-end program in L2);
-//! * routed (L3; L3S egress must pass the master namespace's netfilter, so it stays
-//!   with the daemon): IPv4 or IPv6 to an address that is no slave's (any, in `vepa`)
-//!   and not the master namespace's own (the local map: every address of every device
+//! * routed (L3), or handed to the master namespace's stack (L3S, see below): IPv4 or
+//!   IPv6 to an address that is no slave's (any, in `vepa`) and not the master namespace's own (the local map: every address of every device
 //!   there, `::1`; and 127.0.0.0/8), because `bpf_redirect_neigh` sends a local
 //!   destination out of the master with zero MACs; nor what the master's namespace
 //!   routes as broadcast or multicast (the local map also holds the IPv4 subnets'
@@ -41,6 +40,15 @@
 //! * to a slave, an address in the slaves' map whose entry allows a peer redirect: only
 //!   slaves that are up and whose slave end is in another namespace (the kernel refuses a
 //!   peer redirect within one namespace; the nftables program serves those).
+//!
+//! L3S egress must pass the master namespace's netfilter: a host end's program gives
+//! such a packet `PACKET_HOST`, adds one to its TTL or hop limit (the IPv4 header
+//! checksum mended) and passes it on (`TC_ACT_OK`); the nftables program lets
+//! `PACKET_HOST` IP frames of L3S ports into the stack, which forwards them out of the
+//! master (PREROUTING, FORWARD, POSTROUTING: conntrack and NAT), taking the one off
+//! again. The host end forwards (`ipvlan_datapath`'s kernel `l3s` sets it up, with the
+//! routes back to the slaves). A frame the program leaves alone stays `PACKET_OTHERHOST`,
+//! which the nftables program does not let in: the daemon's.
 //!
 //! The slaves' maps hold every address of the port's table, valued [`SlaveEntry`]. The
 //! programs are plain data: the maps' file descriptors are parameters.
@@ -114,6 +122,12 @@ const HELPER_MAP_LOOKUP: i32 = 1;
 const HELPER_REDIRECT: i32 = 23;
 const HELPER_REDIRECT_NEIGH: i32 = 152;
 const HELPER_REDIRECT_PEER: i32 = 155;
+const HELPER_L3_CSUM_REPLACE: i32 = 10;
+const HELPER_SKB_CHANGE_TYPE: i32 = 32;
+/// `PACKET_HOST`: the frame is for this host (its stack takes it).
+const PACKET_HOST: i32 = 0;
+/// `TC_ACT_OK`: on into the stack (the nftables ingress hook first).
+const TC_ACT_OK: i32 = 0;
 
 /// `struct __sk_buff` offsets.
 const SKB_LEN: i16 = 0;
@@ -131,6 +145,7 @@ const R1: u8 = 1;
 const R2: u8 = 2;
 const R3: u8 = 3;
 const R4: u8 = 4;
+const R5: u8 = 5;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
@@ -160,6 +175,10 @@ enum Label {
     GuardCheck,
     /// IPv6 that is not ICMPv6 from `::`: keyed by its destination.
     V6Keyed,
+    /// L3S egress: the IPv6 hop limit goes up.
+    HopV6,
+    /// L3S egress: to the master namespace's stack.
+    Host,
     /// L2: a unicast destination MAC other than the master's.
     L2Wire,
 }
@@ -290,9 +309,10 @@ pub struct Spec {
     pub mode: Mode,
     pub flags: Flags,
     pub source_guard: bool,
-    /// Host access (`PortSnapshot::host_access`): in L3, what a slave sends to an
-    /// address of the master's namespace is the host end's stack's (the nftables
-    /// program accepts it there), so the socket filter does not copy it to userspace.
+    /// Host access (`PortSnapshot::host_access`): in L3 and L3S, what a slave sends to
+    /// an address of the master's namespace is the host end's stack's (the nftables
+    /// program accepts it there; in L3S the host end's program makes it `PACKET_HOST`
+    /// first, its TTL unchanged), so the socket filter does not copy it to userspace.
     pub host_access: bool,
     /// The master's MAC, which every slave carries.
     pub mac: MacAddr,
@@ -340,8 +360,7 @@ pub fn wanted(at: Attach, spec: &Spec) -> bool {
         Attach::HostEnd => match spec.mode {
             Mode::L2 => !spec.source_guard,
             Mode::L3 => true,
-            // Only slave to slave: L3S egress stays with the daemon.
-            Mode::L3s => spec.flags == Flags::Bridge && !spec.source_guard,
+            Mode::L3s => true,
         },
     }
 }
@@ -461,6 +480,51 @@ impl Asm {
     }
 }
 
+impl Asm {
+    /// L3S egress: the packet (R7 its IP version) goes up the master namespace's stack
+    /// on the host end (`PACKET_HOST`), which forwards it out of the master through
+    /// PREROUTING, FORWARD and POSTROUTING. Its TTL or hop limit goes up by one first,
+    /// so the router sees it as the slave sent it (forwarding takes the one off again);
+    /// one sent at 255 arrives with 254.
+    fn up_the_stack(&mut self, acc: Access, verdict: Verdict) {
+        if verdict == Verdict::Skip {
+            self.take(verdict, 0);
+            return;
+        }
+        debug_assert!(acc == Access::Direct);
+        // The lookups clobbered the frame's pointers.
+        self.load(W, R2, R6, SKB_DATA);
+        self.load(W, R3, R6, SKB_DATA_END);
+        self.jmp_imm(JEQ, R7, 6, Label::HopV6);
+        self.need(acc, 34);
+        // TTL and protocol, as they are in memory: what the checksum helper takes.
+        self.load(H, R8, R2, 22);
+        self.load(B, R0, R2, 22);
+        self.jmp_imm(JEQ, R0, 255, Label::Host);
+        self.alu_imm(ADD, R0, 1);
+        self.store(B, R2, 22, R0);
+        self.load(H, R4, R2, 22);
+        self.mov_reg(R1, R6);
+        self.mov_imm(R2, 24);
+        self.mov_reg(R3, R8);
+        self.mov_imm(R5, 2);
+        self.call(HELPER_L3_CSUM_REPLACE);
+        self.goto(Label::Host);
+        self.label(Label::HopV6);
+        self.need(acc, 54);
+        self.load(B, R0, R2, 21);
+        self.jmp_imm(JEQ, R0, 255, Label::Host);
+        self.alu_imm(ADD, R0, 1);
+        self.store(B, R2, 21, R0);
+        self.label(Label::Host);
+        self.mov_reg(R1, R6);
+        self.mov_imm(R2, PACKET_HOST);
+        self.call(HELPER_SKB_CHANGE_TYPE);
+        self.mov_imm(R0, TC_ACT_OK);
+        self.exit();
+    }
+}
+
 /// The program for `at` in the port `spec` describes: a `sched_cls` program (tcx on the
 /// master, a direct-action filter on the host ends).
 pub fn program(at: Attach, spec: &Spec, maps: &Maps) -> Vec<Insn> {
@@ -480,8 +544,8 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
     let l3 = spec.mode != Mode::L2;
     // Slave-to-slave unicast is forwarded (spec §4.1, §4.2): to the owner.
     let to_slaves = !host || (spec.flags == Flags::Bridge && !spec.source_guard);
-    // L3S egress must pass the master namespace's netfilter (spec §6): not here.
-    let routes = host && spec.mode == Mode::L3;
+    // L3 egress is routed here; L3S egress is handed to the master namespace's stack.
+    let routes = host && spec.mode != Mode::L2;
     // In vepa every unicast is routed, a slave's address too (§4.2 step 2).
     let lookup = !(routes && spec.flags == Flags::Vepa);
     let guard = routes && spec.source_guard;
@@ -639,19 +703,32 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
         a.label(Label::LocalV6);
         a.lookup(maps.local6, KEY6);
         a.label(Label::Send);
-        if spec.host_access && verdict == Verdict::Skip {
-            // The host end's stack takes it (see `Spec::host_access`): not copied.
-            a.jmp_imm(JEQ, R0, 0, Label::NotLocal);
-            a.mov_imm(R0, 0);
-            a.exit();
-            a.label(Label::NotLocal);
+        if spec.host_access {
+            match verdict {
+                // The host end's stack takes it (see `Spec::host_access`): not copied.
+                Verdict::Skip => {
+                    a.jmp_imm(JEQ, R0, 0, Label::NotLocal);
+                    a.mov_imm(R0, 0);
+                    a.exit();
+                    a.label(Label::NotLocal);
+                }
+                // L3S: up the stack as it is (delivered, not forwarded: the TTL stays).
+                Verdict::Redirect if spec.mode == Mode::L3s => {
+                    a.jmp_imm(JNE, R0, 0, Label::Host);
+                }
+                Verdict::Redirect => {}
+            }
         }
         a.jmp_imm(JNE, R0, 0, Label::Pass);
-        a.mov_imm(R1, spec.master.cast_signed()); // the helper reads a u32 ifindex
-        a.mov_imm(R2, 0);
-        a.mov_imm(R3, 0);
-        a.mov_imm(R4, 0);
-        a.take(verdict, HELPER_REDIRECT_NEIGH);
+        if spec.mode == Mode::L3s {
+            a.up_the_stack(acc, verdict);
+        } else {
+            a.mov_imm(R1, spec.master.cast_signed()); // the helper reads a u32 ifindex
+            a.mov_imm(R2, 0);
+            a.mov_imm(R3, 0);
+            a.mov_imm(R4, 0);
+            a.take(verdict, HELPER_REDIRECT_NEIGH);
+        }
     }
     finish(a, verdict)
 }
@@ -731,7 +808,7 @@ mod tests {
             .collect()
     }
 
-    const SHAPES: [(Mode, Flags, bool); 9] = [
+    const SHAPES: [(Mode, Flags, bool); 11] = [
         (Mode::L2, Flags::Bridge, false),
         (Mode::L2, Flags::Private, false),
         (Mode::L2, Flags::Vepa, false),
@@ -741,6 +818,8 @@ mod tests {
         (Mode::L3, Flags::Private, true),
         (Mode::L3, Flags::Bridge, true),
         (Mode::L3s, Flags::Bridge, false),
+        (Mode::L3s, Flags::Vepa, false),
+        (Mode::L3s, Flags::Private, true),
     ];
 
     #[test]
@@ -847,10 +926,22 @@ mod tests {
             p.iter()
                 .any(|i| i.code == LDX | MEM | W && i.off == SKB_IFINDEX)
         );
-        // L3S: another slave only; its egress is the daemon's.
+        // L3S: another slave, else up the master namespace's stack (TTL + 1, the IPv4
+        // header checksum mended) unless local.
         let p = program(HostEnd, &spec(Mode::L3s, Flags::Bridge, false), &MAPS);
-        assert_eq!(calls(&p), [HELPER_REDIRECT_PEER]);
-        assert_eq!(maps_named(&p), [3, 4]);
+        assert_eq!(
+            calls(&p),
+            [
+                HELPER_REDIRECT_PEER,
+                HELPER_L3_CSUM_REPLACE,
+                HELPER_SKB_CHANGE_TYPE
+            ]
+        );
+        assert_eq!(maps_named(&p), [3, 4, 5, 6]);
+        assert!(!calls(&p).contains(&HELPER_REDIRECT_NEIGH));
+        let f = socket_filter(&spec(Mode::L3s, Flags::Bridge, false), &MAPS);
+        assert!(calls(&f).is_empty());
+        assert_eq!(maps_named(&f), [3, 4, 5, 6]);
         // The socket filter takes the same frames without a helper.
         let f = socket_filter(&spec(Mode::L3, Flags::Bridge, false), &MAPS);
         assert!(calls(&f).is_empty());
@@ -898,7 +989,7 @@ mod tests {
         assert!(wanted(HostEnd, &spec(Mode::L2, Flags::Vepa, false)));
         assert!(!wanted(HostEnd, &spec(Mode::L2, Flags::Bridge, true)));
         assert!(wanted(HostEnd, &spec(Mode::L3, Flags::Private, true)));
-        assert!(!wanted(HostEnd, &spec(Mode::L3s, Flags::Private, false)));
-        assert!(!wanted(HostEnd, &spec(Mode::L3s, Flags::Bridge, true)));
+        assert!(wanted(HostEnd, &spec(Mode::L3s, Flags::Private, false)));
+        assert!(wanted(HostEnd, &spec(Mode::L3s, Flags::Bridge, true)));
     }
 }

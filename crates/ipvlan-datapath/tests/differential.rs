@@ -23,9 +23,10 @@
 //!   a `Drop(Private)`, `Drop(Spoof)` (a slave sending with a source MAC other than the
 //!   master's) or `Drop(SourceGuard)` is counted in the counter of that reason for the
 //!   sending slave (`private_N`, `spoof_N`, `source_guard_N`: `compile::drop_counter`);
-//! * `Route` (L3 egress, spec §4.2 step 3; L3S's stays with userspace) is the host
-//!   end's program's, routed by
-//!   the kernel in the master's namespace (`eth0` holds 192.0.2.200/24 and
+//! * `Route` (L3 and L3S egress, spec §4.2 step 3) is the host end's program's, routed
+//!   by the kernel in the master's namespace (L3: `bpf_redirect_neigh`; L3S: forwarded
+//!   by its stack, the TTL raised by one first, so it leaves unchanged too; the rig
+//!   turns on the host ends' forwarding as `ipvlan_datapath`'s kernel `l3s` does) (`eth0` holds 192.0.2.200/24 and
 //!   2001:db8:1::c8/64, routes everything else via a gateway on the wire, and has an
 //!   IPv6 blackhole): it comes out at `wire` as the namespace routes it (the gateway's
 //!   MAC, the IP packet unchanged) or is refused (counted in `eth0`'s `tx_errors`,
@@ -347,6 +348,23 @@ impl Rig {
         // A blackhole: an unreachable route would make the master's stack answer the
         // wire's frames for it with ICMPv6 errors.
         scratch.ip(&["-6", "route", "add", "blackhole", "2001:db8:dead::/48"]);
+
+        if mode == Mode::L3s {
+            // What `ipvlan_datapath`'s kernel `l3s` sets up for L3S egress: the host
+            // ends forward (IPv6 on, without addresses, DAD or RAs).
+            for n in 1..=SLAVES {
+                scratch.sysctl(&format!("net.ipv4.conf.ivh{n}.forwarding"), "1");
+                for (key, value) in [
+                    ("addr_gen_mode", "1"),
+                    ("accept_dad", "0"),
+                    ("accept_ra", "0"),
+                    ("disable_ipv6", "0"),
+                    ("force_forwarding", "1"),
+                ] {
+                    scratch.sysctl(&format!("net.ipv6.conf.ivh{n}.{key}"), value);
+                }
+            }
+        }
 
         let mut port = Port::new(M);
         port.apply_newlink(Some(mode), Some(flags));
@@ -670,9 +688,6 @@ fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'s
     let Ingress::Slave(sender) = ingress else {
         return Err("route: not from a slave");
     };
-    if rig.snap.mode == Mode::L3s {
-        return Err("route: L3S, userspace");
-    }
     let owned_by_sender = |ip: IpAddr| rig.snap.table.owner(&ip) == Some(sender);
     match u16::from_be_bytes([frame[12], frame[13]]) {
         0x0800 => {

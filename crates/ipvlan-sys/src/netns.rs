@@ -5,11 +5,12 @@
 //! namespace runs on a short-lived thread that `setns`es first, so no long-lived thread
 //! ever changes namespace; sockets created there stay bound to that namespace.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -151,4 +152,173 @@ pub fn all_namespaces() -> Vec<(std::path::PathBuf, NetNs)> {
         }
     }
     out
+}
+
+/// The directory `ip netns` keeps its namespaces in.
+pub const NAMED_DIR: &str = "/run/netns";
+
+/// Hears a named namespace go: `ip netns del` unmounts and unlinks its file in
+/// [`NAMED_DIR`]. Readable (edge-triggered for mio) when something there was removed.
+pub struct NamedWatch {
+    inotify: nix::sys::inotify::Inotify,
+}
+
+impl NamedWatch {
+    /// Watches [`NAMED_DIR`]; fails while it does not exist (no `ip netns add` yet).
+    pub fn open() -> io::Result<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            NAMED_DIR,
+            AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_ONLYDIR,
+        )?;
+        Ok(Self { inotify })
+    }
+
+    /// Reads every pending event; true if there was one.
+    pub fn drain(&self) -> bool {
+        let mut any = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+impl AsFd for NamedWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+}
+
+impl AsRawFd for NamedWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inotify.as_fd().as_raw_fd()
+    }
+}
+
+/// Which of `keys` something outside this process still holds, as far as `/proc` shows:
+/// a task of another process in it, an nsfs mount of it in any process's mount
+/// namespace (`ip netns add`, container runtimes), or another process's open descriptor
+/// of it. What is not held here is kept alive by this process alone (its sockets and
+/// descriptors) and would be destroyed if this process let go. Not seen: processes in
+/// a PID namespace this process cannot see into, and sockets another process made
+/// there; the cheaper checks run first and the descriptor scan only for what is left.
+pub fn held_elsewhere(keys: &[NsKey]) -> std::collections::HashSet<NsKey> {
+    use std::collections::HashSet;
+    let mut held = HashSet::new();
+    let wanted = |held: &HashSet<NsKey>| keys.iter().any(|k| !held.contains(k));
+    let key_of = |p: &Path| {
+        std::fs::metadata(p).ok().map(|m| NsKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    };
+    let me = std::process::id().to_string();
+    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.bytes().all(|b| b.is_ascii_digit()) && name != me.as_str()
+        })
+        .map(|e| e.path())
+        .collect();
+    let mut mount_nss: HashMap<NsKey, PathBuf> = HashMap::new();
+    if let Some(own) = key_of(Path::new("/proc/self/ns/mnt")) {
+        mount_nss.insert(own, PathBuf::from("/proc/self"));
+    }
+    for pid in &pids {
+        if let Some(k) = key_of(&pid.join("ns/net"))
+            && keys.contains(&k)
+        {
+            held.insert(k);
+        }
+        if let Some(m) = key_of(&pid.join("ns/mnt")) {
+            mount_nss.entry(m).or_insert_with(|| pid.clone());
+        }
+    }
+    if !wanted(&held) {
+        return held;
+    }
+    for pid in mount_nss.values() {
+        let Ok(info) = std::fs::read_to_string(pid.join("mountinfo")) else {
+            continue;
+        };
+        for ino in info.lines().filter_map(nsfs_mount_of) {
+            if let Some(k) = keys.iter().find(|k| k.ino == ino) {
+                held.insert(*k);
+            }
+        }
+    }
+    if !wanted(&held) {
+        return held;
+    }
+    // Threads that entered a namespace of their own (`setns` on one thread).
+    for pid in &pids {
+        for task in std::fs::read_dir(pid.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(k) = key_of(&task.path().join("ns/net"))
+                && keys.contains(&k)
+            {
+                held.insert(k);
+            }
+        }
+    }
+    if !wanted(&held) {
+        return held;
+    }
+    for pid in &pids {
+        for fd in std::fs::read_dir(pid.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(ino) = net_inode(&target.to_string_lossy())
+                && let Some(k) = keys.iter().find(|k| k.ino == ino)
+            {
+                held.insert(*k);
+            }
+        }
+    }
+    held
+}
+
+/// `net:[4026531840]` → its inode.
+fn net_inode(s: &str) -> Option<u64> {
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The namespace inode of a `mountinfo` line that mounts a network namespace file.
+fn nsfs_mount_of(line: &str) -> Option<u64> {
+    // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER"
+    let (head, tail) = line.split_once(" - ")?;
+    if tail.split(' ').next()? != "nsfs" {
+        return None;
+    }
+    net_inode(head.split(' ').nth(3)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nsfs_mounts_are_read_from_mountinfo() {
+        let line = "612 29 0:4 net:[4026532310] /run/netns/a rw shared:284 - nsfs nsfs rw";
+        assert_eq!(nsfs_mount_of(line), Some(4_026_532_310));
+        let other = "30 1 0:25 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755";
+        assert_eq!(nsfs_mount_of(other), None);
+        let mnt = "613 29 0:4 mnt:[4026532311] /run/x rw - nsfs nsfs rw";
+        assert_eq!(nsfs_mount_of(mnt), None);
+    }
 }

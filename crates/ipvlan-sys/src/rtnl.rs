@@ -1035,6 +1035,118 @@ impl Rtnl {
         }
     }
 
+    /// `ip [-6] rule add iif IIF pref PREF lookup TABLE` (`Some(TABLE)`) or `... blackhole`
+    /// (`None`) (`add`), or its removal.
+    pub fn iif_rule(
+        &mut self,
+        add: bool,
+        v6: bool,
+        iif: &str,
+        table: Option<u32>,
+        pref: u32,
+    ) -> Result<()> {
+        let mut m = RuleMessage::default();
+        m.header.family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        m.attributes = vec![
+            RuleAttribute::Iifname(iif.to_string()),
+            RuleAttribute::Priority(pref),
+        ];
+        match table {
+            Some(t) => {
+                m.header.action = RuleAction::ToTable;
+                m.attributes.push(RuleAttribute::Table(t));
+            }
+            None => m.header.action = RuleAction::Blackhole,
+        }
+        if add {
+            self.ack(RouteNetlinkMessage::NewRule(m), NLM_F_CREATE | NLM_F_EXCL)
+        } else {
+            self.ack(RouteNetlinkMessage::DelRule(m), 0)
+        }
+    }
+
+    /// The priorities of the rules of one family that match packets arriving on
+    /// `iif`, each with its table (`None` for a blackhole rule).
+    pub fn iif_rules(&mut self, v6: bool, iif: &str) -> Result<Vec<(u32, Option<u32>)>> {
+        let mut m = RuleMessage::default();
+        m.header.family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let mut out = Vec::new();
+        for answer in self.exchange(RouteNetlinkMessage::GetRule(m), NLM_F_DUMP)? {
+            let RtnlMessage::Route(RouteNetlinkMessage::NewRule(r)) = answer else {
+                continue;
+            };
+            let mut on = false;
+            let (mut pref, mut table) = (0, u32::from(r.header.table));
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Iifname(n) => on = n == iif,
+                    RuleAttribute::Priority(p) => pref = *p,
+                    RuleAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if on {
+                let table = (r.header.action == RuleAction::ToTable).then_some(table);
+                out.push((pref, table));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route del DST/PREFIX [dev OIF] table TABLE` (any gateway, type or metric).
+    pub fn del_route(&mut self, r: &Route) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = ip_family(r.dst);
+        m.header.destination_prefix_length = r.prefix;
+        m.header.table = u8::try_from(r.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        m.header.scope = RouteScope::NoWhere;
+        m.attributes.push(RouteAttribute::Table(r.table));
+        if r.prefix > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(r.dst)));
+        }
+        if let Some(oif) = r.oif {
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
+        self.ack(RouteNetlinkMessage::DelRoute(m), 0)
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent` (`Some(MAC)`), or
+    /// `ip neigh del IP dev DEV` (`None`).
+    pub fn permanent_neighbour(
+        &mut self,
+        dev: u32,
+        ip: IpAddr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = ip_family(ip);
+        m.header.ifindex = dev;
+        m.header.state = NeighbourState::Permanent;
+        m.header.kind = RouteType::Unicast;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        match mac {
+            Some(mac) => {
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+                self.ack(
+                    RouteNetlinkMessage::NewNeighbour(m),
+                    NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
+                )
+            }
+            None => self.ack(RouteNetlinkMessage::DelNeighbour(m), 0),
+        }
+    }
+
     /// The id this namespace gives to `ns` (`RTM_GETNSID`), if it has one.
     pub fn nsid_of(&mut self, ns: &NetNs) -> Result<Option<i32>> {
         let mut m = NsidMessage::default();

@@ -6,11 +6,13 @@
 //!          \                      /
 //!   HOST: eth0 (master) ---- veth ---- EXT: eth0 10.77.0.1 (the external host)
 //! ```
-//! In l3 mode EXT is 10.77.1.1, HOST's eth0 10.77.1.2, and EXT routes 10.77.0.0/24 via
-//! HOST. For the host→slave figures HOST gets 10.77.0.2 and reaches the slaves with
-//! ipvlan-rs's `host_access on`, or, for macvlan, with the usual workaround: a macvlan
-//! "shim" in HOST holding the address, with routes to the slaves.
-//! Every namespace is new and named after this process; nothing touches the
+//! In l3 and l3s mode EXT is 10.77.1.1, HOST's eth0 10.77.1.2, and EXT routes
+//! 10.77.0.0/24 via HOST; in l3s HOST also masquerades the slaves' traffic to EXT (an
+//! nftables `masquerade` rule, so conntrack tracks every flow and its cost is in the
+//! figures, as a Kubernetes node's would be). For the host→slave figures HOST gets
+//! 10.77.0.2 and reaches the slaves with ipvlan-rs's `host_access on`, or, for macvlan,
+//! with the usual workaround: a macvlan "shim" in HOST holding the address, with routes
+//! to the slaves. Every namespace is new and named after this process; nothing touches the
 //! machine's own interfaces. Each ipvlan-rs run has its own daemon as a child process
 //! (so its memory and CPU are its own). A benchmark, not a test: nothing is asserted.
 
@@ -41,6 +43,9 @@ pub struct Args {
     /// The ipvlan-rs backends to measure.
     #[arg(long, value_delimiter = ',', default_value = "user,kernel")]
     backends: Vec<String>,
+    /// The ipvlan-rs modes to measure (macvlan bridge is always measured beside them).
+    #[arg(long, value_delimiter = ',', default_value = "l2,l3,l3s", value_parser = ["l2", "l3", "l3s"])]
+    modes: Vec<String>,
     /// With `--json` (the global flag): write every raw sample to FILE as JSON.
     #[arg(value_name = "FILE")]
     json_file: Option<PathBuf>,
@@ -59,18 +64,27 @@ const PORT: &str = "5201";
 #[derive(Clone, Debug)]
 struct Variant {
     backend: Option<String>,
-    l3: bool,
+    /// `l2`, `l3` or `l3s` (macvlan: `l2`).
+    mode: &'static str,
 }
 
 impl Variant {
     fn label(&self) -> String {
         match &self.backend {
             None => "macvlan bridge".into(),
-            Some(b) => format!("ipvlan-rs {} {b}", if self.l3 { "l3" } else { "l2" }),
+            Some(b) => format!("ipvlan-rs {} {b}", self.mode),
         }
     }
+    /// The slaves' traffic to EXT is routed by HOST (l3, l3s).
+    fn routed(&self) -> bool {
+        self.mode != "l2"
+    }
     fn ext_addr(&self) -> &'static str {
-        if self.l3 { "10.77.1.1" } else { "10.77.0.1" }
+        if self.routed() {
+            "10.77.1.1"
+        } else {
+            "10.77.0.1"
+        }
     }
 }
 
@@ -258,7 +272,7 @@ struct Topo {
 }
 
 impl Topo {
-    fn new(tag: &str, l3: bool) -> anyhow::Result<Topo> {
+    fn new(tag: &str, mode: &str) -> anyhow::Result<Topo> {
         let p = format!("ipvlan-bench-{}-{tag}", std::process::id());
         let t = Topo {
             host: format!("{p}-host"),
@@ -278,11 +292,23 @@ impl Topo {
         }
         ip(&["-n", h, "link", "set", "eth0", "up"])?;
         ip(&["-n", x, "link", "set", "eth0", "up"])?;
-        if l3 {
+        if mode != "l2" {
             ip(&["-n", x, "addr", "add", "10.77.1.1/24", "dev", "eth0"])?;
             ip(&["-n", h, "addr", "add", "10.77.1.2/24", "dev", "eth0"])?;
             ip(&["-n", x, "route", "add", "10.77.0.0/24", "via", "10.77.1.2"])?;
-        } else {
+        }
+        if mode == "l3s" {
+            in_netns(h, || {
+                run_cmd(
+                    Command::new("nft").args(["add table ip bench; \
+                         add chain ip bench post { type nat hook postrouting priority 100; }; \
+                         add rule ip bench post oifname eth0 ip saddr 10.77.0.0/24 masquerade"]),
+                    Duration::from_secs(10),
+                )
+                .map(drop)
+            })?;
+        }
+        if mode == "l2" {
             ip(&["-n", x, "addr", "add", "10.77.0.1/24", "dev", "eth0"])?;
         }
         Ok(t)
@@ -462,7 +488,7 @@ fn machine_cpu_secs() -> f64 {
 // ---------------------------------------------------------------------------------------
 
 /// Makes slave `name` on HOST's eth0 (macvlan bridge, or through the daemon).
-fn add_slave(topo: &Topo, daemon: Option<&Daemon>, name: &str, l3: bool) -> anyhow::Result<()> {
+fn add_slave(topo: &Topo, daemon: Option<&Daemon>, name: &str, mode: &str) -> anyhow::Result<()> {
     match daemon {
         None => ip(&[
             "-n", &topo.host, "link", "add", "link", "eth0", "name", name, "type", "macvlan",
@@ -470,7 +496,6 @@ fn add_slave(topo: &Topo, daemon: Option<&Daemon>, name: &str, l3: bool) -> anyh
         ])
         .map(drop),
         Some(d) => {
-            let mode = if l3 { "l3" } else { "l2" };
             let mut c = d.cli(&[
                 "link", "add", "link", "eth0", name, "type", "ipvlan", "mode", mode,
             ]);
@@ -482,10 +507,10 @@ fn add_slave(topo: &Topo, daemon: Option<&Daemon>, name: &str, l3: bool) -> anyh
 }
 
 /// The two busy slaves, moved into NS0/NS1 and addressed 10.77.0.10 and .11.
-fn busy_slaves(topo: &Topo, daemon: Option<&Daemon>, l3: bool) -> anyhow::Result<()> {
+fn busy_slaves(topo: &Topo, daemon: Option<&Daemon>, mode: &str) -> anyhow::Result<()> {
     for i in 0..2 {
         let (dev, ns) = (format!("sl{i}"), topo.ns[i].as_str());
-        add_slave(topo, daemon, &dev, l3)?;
+        add_slave(topo, daemon, &dev, mode)?;
         ip(&["-n", &topo.host, "link", "set", &dev, "netns", ns])?;
         ip(&["-n", ns, "link", "set", &dev, "up"])?;
         ip(&[
@@ -497,7 +522,7 @@ fn busy_slaves(topo: &Topo, daemon: Option<&Daemon>, l3: bool) -> anyhow::Result
             "dev",
             &dev,
         ])?;
-        if l3 {
+        if mode != "l2" {
             ip(&["-n", ns, "route", "add", "default", "dev", &dev])?;
         }
     }
@@ -686,12 +711,12 @@ struct Plan {
 
 fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
     let tag = format!("r{}-{}", rec.round, v.label().replace(' ', "-"));
-    let topo = Topo::new(&tag, v.l3).map_err(unavailable)?;
+    let topo = Topo::new(&tag, v.mode).map_err(unavailable)?;
     let daemon = match &v.backend {
         Some(b) => Some(Daemon::start(&tag, b, plan.busy_poll).map_err(unavailable)?),
         None => None,
     };
-    busy_slaves(&topo, daemon.as_ref(), v.l3).map_err(unavailable)?;
+    busy_slaves(&topo, daemon.as_ref(), v.mode).map_err(unavailable)?;
     let (ns0, ns1, ext) = (&topo.ns[0], &topo.ns[1], &topo.ext);
     for (from, to) in [
         (ns0, "10.77.0.11"),
@@ -791,7 +816,7 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
         Err(e) => rec.fail(v, "host→slave (host_access / macvlan shim)", e),
     }
 
-    if v.l3 {
+    if v.routed() {
         return Ok(()); // the slave-count figures are measured in l2 only
     }
     // The same TCP slave→slave with `many` slaves on the master: the rest idle, up, in HOST.
@@ -803,7 +828,7 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
         }
         Some(_) => idle
             .iter()
-            .try_for_each(|n| add_slave(&topo, daemon.as_ref(), n, false)),
+            .try_for_each(|n| add_slave(&topo, daemon.as_ref(), n, "l2")),
     };
     let r = made
         .and_then(|()| {
@@ -846,7 +871,7 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
 /// (the daemon's memory sampled on the way), timed.
 fn churn(v: &Variant, plan: &Plan, rec: &mut Rec, tag: &str) -> anyhow::Result<()> {
     let tag = format!("{tag}-churn");
-    let topo = Topo::new(&tag, false)?;
+    let topo = Topo::new(&tag, "l2")?;
     let daemon = match &v.backend {
         Some(b) => Some(Arc::new(Daemon::start(&tag, b, plan.busy_poll)?)),
         None => None,
@@ -1065,13 +1090,16 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
     };
     let mut variants = vec![Variant {
         backend: None,
-        l3: false,
+        mode: "l2",
     }];
-    for l3 in [false, true] {
+    for mode in ["l2", "l3", "l3s"] {
+        if !args.modes.iter().any(|m| m == mode) {
+            continue;
+        }
         for b in &args.backends {
             variants.push(Variant {
                 backend: Some(b.clone()),
-                l3,
+                mode,
             });
         }
     }
@@ -1139,8 +1167,14 @@ fn print_table(rec: &Rec, variants: &[Variant], machine: &str) {
     for v in &variants[1..] {
         let label = v.label();
         print!("\n== {label} vs {mac}");
-        if v.l3 {
-            print!(" (macvlan has no l3 mode: compared against macvlan bridge)");
+        if v.routed() {
+            print!(
+                " (macvlan has no {} mode: compared against macvlan bridge)",
+                v.mode
+            );
+        }
+        if v.mode == "l3s" {
+            print!("; with conntrack and a MASQUERADE rule on HOST");
         }
         println!();
         if let Some(why) = rec.unavailable.get(&label) {

@@ -75,9 +75,11 @@ enum Cmd {
         busy_poll: u64,
         /// The kernel backend's BPF fast path (`on`, the default: unicast handed straight
         /// to the slave end or the master, L3 egress routed in the kernel without the
-        /// master namespace's netfilter hooks; `off`: nftables alone, one more veth hop
-        /// a frame, and L3 egress on the daemon's exact path through the master's OUTPUT
-        /// and POSTROUTING, as the kernel driver does).
+        /// master namespace's netfilter hooks, L3S forwarded by the master's namespace
+        /// through PREROUTING, FORWARD and POSTROUTING; `off`: nftables alone, one more
+        /// veth hop a frame, L3 egress on the daemon's exact path through the master's
+        /// OUTPUT and POSTROUTING and L3S through its INPUT (NFQUEUE) and OUTPUT, as the
+        /// kernel driver does).
         #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
         fast_path: String,
         /// Leave the caller's namespaces first: a session of its own, the host's network,
@@ -222,6 +224,8 @@ fn run_daemon(
 
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A log file (an auto-started daemon's, a service's journal) gets no colour codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IPVLAN_LOG")
                 .unwrap_or_else(|_| "info".into()),

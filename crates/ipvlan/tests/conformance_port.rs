@@ -241,12 +241,50 @@ fn leftovers(ns: &str) -> Vec<String> {
         for l in stdout(&o).lines() {
             v.push(format!("ip {fam} route table {L3S_TABLE}: {l}"));
         }
+        // The kernel backend's routed L3S: rules on the master, the port's table.
+        for l in ok(&format!("ip -n {ns} {fam} rule show")).lines() {
+            if l.contains("iif eth0") {
+                v.push(format!("ip {fam} rule: {l}"));
+            }
+        }
+        let routed = routed_l3s_table(ns);
+        let o = sh(&format!("ip -n {ns} {fam} route show table {routed}"));
+        for l in stdout(&o).lines() {
+            v.push(format!("ip {fam} route table {routed}: {l}"));
+        }
+    }
+    for key in [
+        "ipv4/conf/eth0/forwarding",
+        "ipv6/conf/eth0/force_forwarding",
+    ] {
+        let value = ok(&format!("ip netns exec {ns} cat /proc/sys/net/{key}"));
+        if value.trim() != "0" {
+            v.push(format!("sysctl {key} = {}", value.trim()));
+        }
     }
     v
 }
 
 /// True when the L3S plumbing of some port is installed in `ns`.
+/// The table of the kernel backend's routed L3S for master `eth0` in `ns`
+/// (`ipvlan_datapath::kernel::l3s::table`).
+fn routed_l3s_table(ns: &str) -> u64 {
+    let v = json(&format!("ip -n {ns} -j link show dev eth0"));
+    0x1a5c_0000 + (v[0]["ifindex"].as_u64().expect("ifindex") & 0xffff)
+}
+
+/// What the port's L3S needs in `ns` is there: with the kernel backend's fast path the
+/// rules and table of its routing (`ipvlan_datapath::kernel::l3s`), else the daemon's
+/// NFQUEUE plumbing.
 fn l3s_plumbing_present(ns: &str) -> bool {
+    if !user_backend() {
+        let table = routed_l3s_table(ns);
+        return ["-4", "-6"].iter().all(|f| {
+            ok(&format!("ip -n {ns} {f} rule show")).contains(&format!("iif eth0 lookup {table}"))
+        }) && !ok(&format!("ip -n {ns} route show table {table}"))
+            .trim()
+            .is_empty();
+    }
     let nfq = ["iptables", "ip6tables"].iter().all(|p| {
         stdout(&sh(&format!("ip netns exec {ns} {p} -t security -S"))).contains("NFQUEUE")
     });
@@ -267,7 +305,9 @@ fn l3s_plumbing_present(ns: &str) -> bool {
 /// ipvlan-rs: "no leaks" is checked on what ipvlan-rs itself makes in the master's
 /// namespace — the veth host ends (`ivh*`), the nftables tables (`ipvlan_rs_*`), and
 /// for L3S the xtables NFQUEUE rules (`security` table), the `ip rule` fwmark rules
-/// and the routes of the L3S policy table — plus the daemon's own list. Each round
+/// and the routes of the L3S policy table, or (the kernel backend's routed L3S) the
+/// rules on the master, the routes of the port's table and the master's forwarding
+/// sysctls — plus the daemon's own list. Each round
 /// also brings the slave up with an address so the port's tables are non-trivial.
 #[test]
 fn c01_create_delete_loop() {
@@ -301,7 +341,7 @@ fn c01_create_delete_loop() {
                 // The leak check below is only meaningful if the plumbing was there.
                 assert!(
                     eventually(CONVERGE, || l3s_plumbing_present(&host)),
-                    "l3s: no NFQUEUE rules / fwmark rules / nft table in HOST\n{}",
+                    "l3s: no L3S plumbing in HOST (routing rules and table; or NFQUEUE, fwmark rules, nft table)\n{}",
                     t.diag()
                 );
             }

@@ -549,12 +549,28 @@ fn nft_counters(ns: &str) -> HashMap<String, u64> {
 /// lists the flows; `ping -I ipvl0 X` works in L3S; a HOST MASQUERADE for the slave
 /// subnet (the router's route removed) makes S1→X work in L3S and not in L3.
 ///
-/// Deviation: none visible here. (Inside ipvlan-rs, L3S ingress is a policy route plus
-/// an NFQUEUE rule in HOST and egress a raw socket in HOST, so HOST's hooks run as the
-/// kernel's l3mdev path runs them.)
+/// Deviation: none on the exact path (the user backend, or the kernel backend with
+/// `--fast-path off`: L3S ingress is a policy route plus an NFQUEUE rule in HOST and
+/// egress a raw socket in HOST, so HOST's hooks run as the kernel's l3mdev path runs
+/// them). The kernel backend's default routes L3S through HOST's stack
+/// (`ipvlan_datapath::kernel::l3s`): X→S1 is counted at PREROUTING, FORWARD and
+/// POSTROUTING, S1→X at PREROUTING, FORWARD and POSTROUTING, INPUT and OUTPUT never; the
+/// rest (conntrack, `ping -I`, MASQUERADE in L3S and not in L3) is the same.
 #[test]
 fn c21_l3s_netfilter() {
-    let t = Topo::new(1);
+    c21(&Topo::new(1), !user_backend());
+}
+
+/// C21 on the exact path: the kernel backend with `--fast-path off` runs HOST's hooks
+/// as the driver does (with the user backend this is [`c21_l3s_netfilter`] again).
+#[test]
+fn c21_l3s_netfilter_exact_hooks() {
+    c21(&Topo::with_daemon_args(1, &["--fast-path", "off"]), false);
+}
+
+/// C21 on `t`: `routed` is the kernel backend's fast path (HOST forwards the slave's
+/// traffic), else the exact path.
+fn c21(t: &Topo, routed: bool) {
     let x = t.x;
     let (h, r, s1) = (t.host.clone(), t.router.clone(), t.ns(0).to_string());
     let subnet = format!("10.{x}.100.0/24");
@@ -564,7 +580,7 @@ fn c21_l3s_netfilter() {
 
     ok(&format!("ip -n {h} addr add {host_ip}/24 dev eth0"));
     ok(&format!("ip -n {r} route add {subnet} via {host_ip}"));
-    let dev = add_slave(&t, 0, &["mode", "l3s"]);
+    let dev = add_slave(t, 0, &["mode", "l3s"]);
     ok(&format!("ip -n {s1} addr add {s1_ip}/24 dev {dev}"));
     ok(&format!("ip -n {s1} route add default dev {dev}"));
 
@@ -613,26 +629,51 @@ fn c21_l3s_netfilter() {
     let delta = |c: &str, a: &HashMap<String, u64>, b: &HashMap<String, u64>| {
         a.get(c).copied().unwrap_or(0) - b.get(c).copied().unwrap_or(0)
     };
-    assert!(
-        delta("c_pre", &after, &before) > 0 && delta("c_in", &after, &before) > 0,
-        "X→S1 in L3S not seen at HOST's PREROUTING and INPUT: before {before:?}, after {after:?}\n{}",
-        t.diag()
-    );
+    if routed {
+        assert!(
+            delta("c_pre", &after, &before) > 0
+                && delta("c_fwd", &after, &before) > 0
+                && delta("c_in", &after, &before) == 0,
+            "X→S1 in routed L3S not seen at HOST's PREROUTING and FORWARD alone: before {before:?}, after {after:?}\n{}",
+            t.diag()
+        );
+    } else {
+        assert!(
+            delta("c_pre", &after, &before) > 0 && delta("c_in", &after, &before) > 0,
+            "X→S1 in L3S not seen at HOST's PREROUTING and INPUT: before {before:?}, after {after:?}\n{}",
+            t.diag()
+        );
+    }
 
     // S1 → X: OUTPUT and POSTROUTING.
     let before = echo(&h);
     t.assert_ping(&s1, &xip);
     let after = echo(&h);
-    assert!(
-        delta("c_out", &after, &before) > 0 && delta("c_post", &after, &before) > 0,
-        "S1→X in L3S not seen at HOST's OUTPUT and POSTROUTING: before {before:?}, after {after:?}\n{}",
-        t.diag()
-    );
-    assert_eq!(
-        after.get("c_fwd").copied().unwrap_or(0),
-        0,
-        "HOST's FORWARD saw slave traffic: {after:?}"
-    );
+    if routed {
+        assert!(
+            delta("c_fwd", &after, &before) > 0
+                && delta("c_post", &after, &before) > 0
+                && delta("c_out", &after, &before) == 0,
+            "S1→X in routed L3S not seen at HOST's FORWARD and POSTROUTING alone: before {before:?}, after {after:?}\n{}",
+            t.diag()
+        );
+        assert_eq!(
+            after.get("c_in").copied().unwrap_or(0) + after.get("c_out").copied().unwrap_or(0),
+            0,
+            "HOST's INPUT or OUTPUT saw routed slave traffic: {after:?}"
+        );
+    } else {
+        assert!(
+            delta("c_out", &after, &before) > 0 && delta("c_post", &after, &before) > 0,
+            "S1→X in L3S not seen at HOST's OUTPUT and POSTROUTING: before {before:?}, after {after:?}\n{}",
+            t.diag()
+        );
+        assert_eq!(
+            after.get("c_fwd").copied().unwrap_or(0),
+            0,
+            "HOST's FORWARD saw slave traffic: {after:?}"
+        );
+    }
 
     // Conntrack in HOST lists the slave's flows, both directions.
     let ct = stdout(&sh(&format!("ip netns exec {h} conntrack -L -p icmp")));
@@ -673,7 +714,7 @@ fn c21_l3s_netfilter() {
     );
 
     // ... and not in L3 (the replies bypass HOST's netfilter there).
-    set_mode(&t, &s1, &dev, "l3");
+    set_mode(t, &s1, &dev, "l3");
     let _ = sh(&format!("ip netns exec {h} conntrack -F"));
     assert!(
         ping_fails(&s1, &xip),
@@ -691,10 +732,19 @@ fn c21_l3s_netfilter() {
         "ip netns exec {h} nft 'add table ip natt; add chain ip natt post {{ type nat hook postrouting priority 100; policy accept; }}; add rule ip natt post oifname \"eth0\" ip saddr {subnet} masquerade'"
     ));
     let _ = sh(&format!("ip netns exec {h} conntrack -F"));
-    set_mode(&t, &s1, &dev, "l3s");
+    set_mode(t, &s1, &dev, "l3s");
+    let before = echo(&h);
     t.assert_ping(&s1, &xip);
-    let fwd = nft_counters(&h).get("c_fwd").copied().unwrap_or(0);
-    assert_eq!(fwd, 0, "HOST's FORWARD saw slave traffic");
+    let after = echo(&h);
+    if routed {
+        assert!(
+            delta("c_fwd", &after, &before) > 0 && delta("c_out", &after, &before) == 0,
+            "S1→X in routed L3S again not seen at HOST's FORWARD alone: before {before:?}, after {after:?}"
+        );
+    } else {
+        let fwd = after.get("c_fwd").copied().unwrap_or(0);
+        assert_eq!(fwd, 0, "HOST's FORWARD saw slave traffic");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

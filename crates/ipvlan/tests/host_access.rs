@@ -229,10 +229,10 @@ fn l3s_host_and_slave_reach_each_other() {
     reach_each_other("l3s");
 }
 
-/// With the daemon killed, host access keeps working (but in the user backend's L3,
-/// whose daemon routes what a slave sends, the echo replies too); a new daemon finds it
-/// on, with the same entries.
-fn kept_across_a_daemon_restart(mode: &str) {
+/// With the daemon killed, host access keeps working (but in the user backend's L3 and
+/// L3S, whose daemon routes what a slave sends, the echo replies too); a new daemon
+/// finds it on, with the same entries.
+fn kept_across_a_daemon_restart_in(mode: &str) {
     require_root();
     let mut t = setup(mode);
     let host = t.host.clone();
@@ -271,14 +271,56 @@ fn kept_across_a_daemon_restart(mode: &str) {
     assert_eq!((wire(&t, "hs4"), wire(&t, "hs6")), (0, 0));
 }
 
+/// Mode changes leave host access on and working, L3S (whose routing holds the same
+/// neighbour entries) included.
+#[test]
+fn mode_changes_keep_it_working() {
+    require_root();
+    let t = setup("l3");
+    let (host, slave) = (t.host.clone(), t.ns(0).to_string());
+    for mode in ["l3s", "l2", "l3s", "l3"] {
+        t.ipvlan_ok(
+            &slave,
+            &[
+                "link", "set", "dev", "ipvl0", "type", "ipvlan", "mode", mode,
+            ],
+        );
+        let shown = t.ipvlan_ok(&host, &["-d", "link", "show"]);
+        assert!(
+            shown.contains(&format!("mode {mode} bridge host_access on")),
+            "{shown}"
+        );
+        ok(&format!("ip -n {slave} neigh flush all"));
+        for (from, addr) in [
+            (&host, t.v4(SLAVE)),
+            (&host, t.v6(SLAVE)),
+            (&slave, t.v4(HOST)),
+            (&slave, t.v6(HOST)),
+        ] {
+            assert!(
+                ping_retry(from, &addr),
+                "{mode}: {from} -> {addr}\n{}\n{}",
+                own_entries(&t),
+                t.diag()
+            );
+        }
+    }
+    assert_eq!((wire(&t, "hs4"), wire(&t, "hs6")), (0, 0));
+}
+
 #[test]
 fn l2_kept_across_a_daemon_restart() {
-    kept_across_a_daemon_restart("l2");
+    kept_across_a_daemon_restart_in("l2");
 }
 
 #[test]
 fn l3_kept_across_a_daemon_restart() {
-    kept_across_a_daemon_restart("l3");
+    kept_across_a_daemon_restart_in("l3");
+}
+
+#[test]
+fn l3s_kept_across_a_daemon_restart() {
+    kept_across_a_daemon_restart_in("l3s");
 }
 
 #[test]

@@ -17,10 +17,13 @@
 //! * `tables`: the tables put back when something outside removed or changed them.
 //! * `fast`: the BPF fast path (the master's and the host ends' programs, their maps,
 //!   the host-end sockets' filter).
+//! * [`l3s`]: L3S routed through the master namespace's stack where the fast path runs
+//!   (routes, rules, neighbour entries, sysctls); elsewhere L3S goes through the daemon.
 
 mod coalesce;
 mod fast;
 mod host_access;
+pub mod l3s;
 mod programs;
 mod tables;
 
@@ -110,6 +113,8 @@ pub struct Datapath {
     last: Option<PortInput>,
     /// The master namespace's side of host access (both backends).
     host_access: host_access::HostAccess,
+    /// L3S routed in the kernel (see [`l3s`]).
+    l3s_routing: Option<l3s::Routing>,
 }
 
 impl Datapath {
@@ -141,6 +146,7 @@ impl Datapath {
             fast_failed: false,
             last: None,
             host_access: host_access::HostAccess::default(),
+            l3s_routing: None,
         })
     }
 
@@ -158,10 +164,17 @@ impl Datapath {
         }
         if let Some(input) = self.last.as_ref().filter(|i| i.snap.host_access) {
             self.host_access.read_local6(rtnl)?;
-            self.host_access
-                .sync(None, rtnl, &input.snap, &input.ends)?;
+            let l3s = self.l3s_routing.is_some();
+            self.host_access.sync(rtnl, &input.snap, &input.ends, l3s)?;
         }
         Ok(())
+    }
+
+    /// In L3S, the kernel carries the port's traffic through the master namespace's
+    /// stack (see [`l3s`]): the daemon sets up no NFQUEUE for it. Otherwise (the user
+    /// backend, the fast path off or not loadable) L3S goes through the daemon.
+    pub fn routes_l3s(&self) -> bool {
+        self.kind == Backend::Kernel && self.fast_path && !self.fast_failed
     }
 
     /// The BPF fast path is switching some of the port's unicast.
@@ -233,8 +246,18 @@ impl Datapath {
         self.sync_fast(at, &input);
         if let Err(e) = self
             .host_access
-            .sync(Some(at.ns), at.rtnl, &input.snap, &input.ends)
+            .sync_ends(at.ns, at.rtnl, &input.snap, &input.ends)
         {
+            tracing::error!("host access for {}: {e}", self.master_name);
+        }
+        self.sync_l3s_routing(at, &input);
+        // After the L3S routing, which may hand the slaves' neighbour entries over.
+        if let Err(e) = self.host_access.sync(
+            at.rtnl,
+            &input.snap,
+            &input.ends,
+            self.l3s_routing.is_some(),
+        ) {
             tracing::error!("host access for {}: {e}", self.master_name);
         }
         let at_once = self.nft.stage(prog, l3s_prog, Instant::now());
@@ -281,6 +304,9 @@ impl Datapath {
     /// Takes the port's programs off its master and host ends and removes its nft
     /// tables; the switching thread stops.
     pub fn remove(mut self, at: &mut At<'_>) {
+        if let Some(r) = self.l3s_routing.take() {
+            r.remove(at.ns, at.rtnl);
+        }
         if let Some(f) = self.fast.take() {
             f.remove(at.ns, at.rtnl, self.master_index);
         }
@@ -304,6 +330,28 @@ impl Datapath {
                 self.reapply(at);
             }
             Err(e) => tracing::error!("guard for {}: {e}", self.master_name),
+        }
+    }
+
+    /// Sets up, follows or removes the port's L3S routing (see [`l3s`]).
+    fn sync_l3s_routing(&mut self, at: &mut At<'_>, input: &PortInput) {
+        let want = input.snap.mode == Mode::L3s && self.routes_l3s() && self.fast.is_some();
+        if !want {
+            if let Some(r) = self.l3s_routing.take() {
+                r.remove(at.ns, at.rtnl);
+            }
+            return;
+        }
+        let ends: Vec<(SlaveId, u32, String)> = input
+            .ends
+            .iter()
+            .map(|e| (e.id, e.index, e.name.clone()))
+            .collect();
+        let r = self
+            .l3s_routing
+            .get_or_insert_with(|| l3s::Routing::new(self.master_index, &self.master_name));
+        if let Err(e) = r.sync(at.ns, at.rtnl, &input.snap, &ends) {
+            tracing::error!("L3S routing for {}: {e}", self.master_name);
         }
     }
 

@@ -155,6 +155,7 @@ impl Daemon {
                     loc: None,
                     name: mark.slave.clone(),
                     flags: 0,
+                    mtu: 0,
                 },
             );
             ids.push(id);

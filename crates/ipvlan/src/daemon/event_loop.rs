@@ -1,6 +1,7 @@
 //! The event loop: what the daemon waits on (the control socket, the metrics endpoint,
-//! one rtnetlink monitor per watched namespace), and the ticks between events that let
-//! datapaths apply held-back changes and check their nft tables.
+//! one rtnetlink monitor per watched namespace, names removed from `/run/netns`), and
+//! the ticks between events that let datapaths apply held-back changes, check their
+//! nft tables, and let go of namespaces nothing else holds.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,12 +15,13 @@ use ipvlan_sys::{NetNs, NsKey};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 
-use super::{Daemon, LISTENER, METRICS, Watched, control};
+use super::{Daemon, LISTENER, METRICS, NAMED, Watched, control, released};
 
 impl Daemon {
     /// Serves until `stop` becomes true.
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(64);
+        self.watch_named();
         while !stop.load(Ordering::Relaxed) {
             let waiting = self.ports.iter().any(|(_, p)| p.datapath.waiting());
             let timeout = if waiting {
@@ -39,6 +41,8 @@ impl Daemon {
                     self.accept_all();
                 } else if t == METRICS {
                     self.serve_metrics();
+                } else if t == NAMED {
+                    self.on_named_removed();
                 } else if let Some(key) = self
                     .watched
                     .iter()
@@ -52,6 +56,11 @@ impl Daemon {
             if self.checked_tables.elapsed() >= kernel::TABLE_CHECK {
                 self.checked_tables = Instant::now();
                 self.check_tables();
+            }
+            if self.checked_holders.elapsed() >= released::HOLDER_CHECK {
+                self.checked_holders = Instant::now();
+                self.watch_named();
+                self.let_go_released();
             }
         }
         self.tick(true);

@@ -11,7 +11,7 @@ use ipvlan_sys::rtnl::{Addr, Event, IFF_ALLMULTI, IFF_NOARP, IFF_PROMISC, Link, 
 use ipvlan_sys::{NetNs, NsKey};
 
 use super::portmap::PortKey;
-use super::{Daemon, Loc, PortRec, SlaveRec, eui64_link_local, slave_link_local};
+use super::{Daemon, IPV6_MIN_MTU, Loc, PortRec, SlaveRec, eui64_link_local, slave_link_local};
 
 impl Daemon {
     /// The namespace with id `nsid` in the port namespace `key`.
@@ -188,12 +188,26 @@ impl Daemon {
         };
         rec.flags = link.flags;
         rec.name = link.name.clone();
+        let had_ipv6 = rec.mtu >= IPV6_MIN_MTU;
+        if link.mtu != 0 {
+            rec.mtu = link.mtu;
+        }
+        let ipv6 = rec.mtu >= IPV6_MIN_MTU;
         let up = link.is_up();
         p.port.set_slave_up(id, up);
         if let Some(mc) = p.port.mc_filter_mut(id) {
             mc.set_all(link.flags & (IFF_PROMISC | IFF_ALLMULTI) != 0);
         }
-        if up {
+        if ipv6 && !had_ipv6 {
+            // IPv6 came (back) with the MTU, its address generation the kernel's
+            // default again.
+            let change = LinkChange {
+                ipv6_autoconf: Some(false),
+                ..Default::default()
+            };
+            self.change_slave(k, id, &change, "turning off a slave's IPv6 autoconf");
+        }
+        if up && ipv6 {
             self.ensure_link_local(k, id);
         }
         let master_mac = self.ports[k].port.master_mac();
@@ -218,6 +232,9 @@ impl Daemon {
         if p.port.slave(id).is_some_and(|s| s.addrs.contains(&ll)) {
             return;
         }
+        if p.slaves.get(&id).is_some_and(|s| s.mtu < IPV6_MIN_MTU) {
+            return; // no IPv6 at this MTU, as with the kernel's slave
+        }
         let r = self.with_slave_rtnl(k, id, |rt, index| {
             rt.add_addr(&Addr {
                 index,
@@ -228,6 +245,10 @@ impl Daemon {
         match r {
             Some((_, Ok(()))) | None => {}
             Some((_, Err(e))) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {}
+            // The MTU went below IPV6_MIN_MTU since the event read: its own event follows.
+            Some((_, Err(e))) if e.errno() == Some(nix::errno::Errno::EINVAL as i32) => {
+                tracing::debug!("adding the link-local {ll}: {e} (no IPv6 at its MTU now)");
+            }
             Some((_, Err(e))) => tracing::warn!("adding the link-local {ll}: {e}"),
         }
     }
@@ -360,6 +381,8 @@ impl Daemon {
                     && l.kind.as_deref().is_some_and(|k| k != "veth")
                 {
                     self.refuse_upper(k, id, &l);
+                } else if nsid.is_none() && l.is_loopback() {
+                    self.on_loopback(key, &l);
                 } else if nsid.is_none() {
                     self.on_master_link(key, &l);
                     self.check_host_end(key, l.index);

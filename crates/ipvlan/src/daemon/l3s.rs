@@ -1,11 +1,16 @@
 //! L3S plumbing in the master's namespace: policy routing, the NFQUEUE rules, the queue.
+//!
+//! Only where the daemon carries L3S: the user backend, or the kernel backend with the
+//! fast path off (`--fast-path off`: the driver's exact hooks). With the fast path the
+//! kernel routes L3S through the master namespace's stack and the port's datapath sets
+//! that up (`ipvlan_datapath::kernel::l3s`).
 
 use std::sync::Arc;
 
 use ipvlan_core::Mode;
 use ipvlan_datapath::guard;
 use ipvlan_sys::nfqueue::NfQueue;
-use ipvlan_sys::rtnl::RtnlError;
+use ipvlan_sys::rtnl::{Link, Rtnl, RtnlError};
 use ipvlan_sys::{NsKey, nft};
 
 use super::portmap::PortKey;
@@ -14,7 +19,7 @@ use super::{Daemon, Error, L3S_QUEUE_BASE, L3s};
 impl Daemon {
     /// Sets up or removes the L3S plumbing so that it matches the port's mode.
     pub(super) fn sync_l3s(&mut self, k: PortKey) -> Result<(), Error> {
-        let want = self.ports[k].port.mode() == Mode::L3s;
+        let want = self.ports[k].port.mode() == Mode::L3s && !self.ports[k].datapath.routes_l3s();
         match (want, self.ports[k].l3s.is_some()) {
             (true, false) => self.enter_l3s(k),
             (false, true) => {
@@ -51,10 +56,10 @@ impl Daemon {
                     w.rtnl
                         .fwmark_rule(true, v6, mark, guard::L3S_TABLE, guard::L3S_RULE_PREF),
                 )?;
-                exists(
-                    w.rtnl
-                        .local_default_route(true, v6, guard::L3S_TABLE, lo.index),
-                )?;
+            }
+            // A route through `lo` needs it up: else it comes with `lo` (`on_loopback`).
+            if lo.is_up() {
+                add_local_routes(&mut w.rtnl, lo.index)?;
             }
             let rule = guard::l3s_queue_rules(num);
             let (table, rest) = rule.split_at(2);
@@ -83,6 +88,24 @@ impl Daemon {
                 self.remove_l3s_plumbing(key, num);
                 Err(e)
             }
+        }
+    }
+
+    /// A link event for `lo` in the master namespace `key`: once up, its L3S ports get
+    /// the local routes that needed it (the kernel removes them when it goes down).
+    pub(super) fn on_loopback(&mut self, key: NsKey, lo: &Link) {
+        if !lo.is_up()
+            || !self
+                .ports
+                .iter()
+                .any(|(k, p)| k.ns == key && p.l3s.is_some())
+        {
+            return;
+        }
+        if let Some(w) = self.watched.get_mut(&key)
+            && let Err(e) = add_local_routes(&mut w.rtnl, lo.index)
+        {
+            tracing::warn!("L3S local routes in {key}: {e}");
         }
     }
 
@@ -133,4 +156,16 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The L3S table's local default routes through `lo` (shared by the namespace's L3S
+/// ports; present already is fine).
+fn add_local_routes(rtnl: &mut Rtnl, lo: u32) -> Result<(), RtnlError> {
+    for v6 in [false, true] {
+        match rtnl.local_default_route(true, v6, guard::L3S_TABLE, lo) {
+            Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }

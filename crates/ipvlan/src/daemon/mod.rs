@@ -12,7 +12,9 @@
 //! `IFLA_LINK_NETNSID` say where the slave end is now, and one monitor socket per
 //! master namespace (listening to all namespaces that have an id there) sees its
 //! address, link and multicast events wherever it goes. No descriptor of a slave's
-//! namespace is kept, so deleting that namespace is not prevented.
+//! namespace is kept, so deleting that namespace is not prevented. A master's
+//! namespace is held (sockets, a descriptor) only until its owner lets it go
+//! (`released.rs`).
 //!
 //! The modules without system calls: [`portmap`] (the ports by key), [`error`] (what
 //! can go wrong, and its words), [`control`]'s dispatch and replies, and
@@ -21,8 +23,8 @@
 //! `impl Daemon` is written in several files, one per cause of change: the event loop
 //! (`event_loop.rs`), requests from the CLI (`requests.rs`), the kernel's events about
 //! slaves (`events.rs`) and masters (`master.rs`), host ends repaired (`hostend.rs`),
-//! adoption after a restart (`adopt.rs`), L3S plumbing (`l3s.rs`), metrics
-//! (`metrics.rs`), and the port's life — made, published, removed — in `ports.rs`. Each
+//! adoption after a restart (`adopt.rs`), L3S plumbing (`l3s.rs`), namespaces let go
+//! (`released.rs`), metrics (`metrics.rs`), and the port's life — made, published, removed — in `ports.rs`. Each
 //! of them changes the ports, the watched namespaces and what subscribers are told
 //! together, as one step on the control thread; splitting `Daemon` into parts borrowed
 //! apart would make every handler pass the three around. The control server
@@ -39,6 +41,7 @@ use std::time::Duration;
 use ipvlan_core::{Flags, MacAddr, Mode, Port, SlaveId};
 use ipvlan_datapath::kernel::{self, At, Datapath};
 use ipvlan_datapath::{Backend, SlaveCounters};
+use ipvlan_sys::netns::NamedWatch;
 use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::PacketSocket;
 use ipvlan_sys::rtnl::{Monitor, Rtnl};
@@ -58,6 +61,7 @@ mod master;
 mod metrics;
 mod portmap;
 mod ports;
+mod released;
 mod requests;
 
 pub use adopt::Mark;
@@ -69,6 +73,7 @@ use portmap::PortMap;
 
 const LISTENER: Token = Token(0);
 const METRICS: Token = Token(usize::MAX);
+const NAMED: Token = Token(usize::MAX - 1);
 /// First NFQUEUE number used for L3S ports.
 const L3S_QUEUE_BASE: u16 = 17_000;
 /// The interface alias that marks a host end as ours.
@@ -91,7 +96,13 @@ struct SlaveRec {
     loc: Option<Loc>,
     name: String,
     flags: u32,
+    /// The slave end's MTU at the last look (0: not looked yet); below
+    /// [`IPV6_MIN_MTU`] the kernel has IPv6 off on it.
+    mtu: u32,
 }
+
+/// Below this MTU a device has no IPv6 (the kernel's `IPV6_MIN_MTU`).
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// What a port in L3S mode has set up in its master's namespace.
 struct L3s {
@@ -182,6 +193,12 @@ pub struct Daemon {
     owner: String,
     /// When the ports' nft tables were last checked (see `check_tables`).
     checked_tables: std::time::Instant,
+    /// The namespace the daemon runs in: never let go (see `released.rs`).
+    home: NsKey,
+    /// Hears names removed from `/run/netns`, once that exists.
+    named: Option<NamedWatch>,
+    /// When the watched namespaces were last checked for another holder.
+    checked_holders: std::time::Instant,
 }
 
 /// The IPv6 link-local address the kernel gives an ipvlan slave (spec §1.5): the
@@ -246,6 +263,9 @@ impl Daemon {
             busy_poll: Duration::ZERO,
             owner: Mark::owner_of(socket),
             checked_tables: std::time::Instant::now(),
+            home: NetNs::current()?.key(),
+            named: None,
+            checked_holders: std::time::Instant::now(),
         })
     }
 

@@ -204,13 +204,18 @@ impl Daemon {
                 .ok_or_else(|| Error::Vanished("the new slave".into()))?;
             // The kernel would derive the link-local from the dev_id; the daemon adds
             // that address itself when the slave comes up (see `ensure_link_local`).
-            slave_rt.set_link(
+            // Below IPV6_MIN_MTU there is no IPv6 to set (`on_link` sets it once
+            // the MTU allows IPv6).
+            match slave_rt.set_link(
                 slave.index,
                 &LinkChange {
                     ipv6_autoconf: Some(false),
                     ..Default::default()
                 },
-            )?;
+            ) {
+                Err(e) if e.errno() == Some(nix::errno::Errno::EAFNOSUPPORT as i32) => {}
+                r => r?,
+            }
             hostend::make_host_end(&mut w.rtnl, host.index, &want)?;
             let sock = w.ns.run(|| {
                 PacketSocket::open_ring(host.index, port_kind.ring_slots(false, slaves_before))
@@ -242,6 +247,7 @@ impl Daemon {
                 }),
                 name: name.to_string(),
                 flags: slave.flags,
+                mtu: slave.mtu,
             },
         );
         let old = Settings::of(&p.port);

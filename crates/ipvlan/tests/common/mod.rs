@@ -36,6 +36,11 @@ pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DIAG_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Panics unless running as root. Root-only tests must never pass silently.
+/// The suite runs with the user backend (`IPVLAN_TEST_BACKEND=user`), not the kernel's.
+pub fn user_backend() -> bool {
+    std::env::var("IPVLAN_TEST_BACKEND").as_deref() == Ok("user")
+}
+
 pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!("root integration test: run as root (CI does); e.g. `sudo ./x test`");
@@ -267,6 +272,8 @@ pub struct Daemon {
     /// Where it serves Prometheus metrics (a Unix socket).
     pub metrics: PathBuf,
     dir: PathBuf,
+    /// More arguments to `ipvlan daemon` (e.g. `--fast-path off`).
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -274,6 +281,11 @@ impl Daemon {
     /// most 5 s) for the socket to appear. Its stderr goes to
     /// `CARGO_TARGET_TMPDIR/TAG-daemon.log`.
     pub fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments to `ipvlan daemon`.
+    pub fn start_with(tag: &str, args: &[&str]) -> Daemon {
         let dir = PathBuf::from(format!("/tmp/ipvlan-rs-test-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create socket dir");
@@ -285,6 +297,7 @@ impl Daemon {
             log,
             metrics: dir.join("metrics.sock"),
             dir,
+            args: args.iter().map(ToString::to_string).collect(),
         };
         d.spawn();
         d
@@ -307,6 +320,7 @@ impl Daemon {
             // The suite runs once per backend: IPVLAN_TEST_BACKEND=user|kernel.
             .arg("--backend")
             .arg(std::env::var("IPVLAN_TEST_BACKEND").unwrap_or_else(|_| "kernel".into()))
+            .args(&self.args)
             .env("IPVLAN_SOCKET", &self.socket)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -344,6 +358,11 @@ impl Daemon {
             let _ = nix::sys::signal::kill(pid, sig);
             let _ = child.wait();
         }
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// One scrape of the metrics endpoint (the body, without the HTTP head).
@@ -460,6 +479,11 @@ impl Topo {
     /// Builds HOST, ROUTER and `n_slave_ns` slave namespaces, the veth master, and starts
     /// this test's daemon. Panics (after cleaning up what it made) on any failure.
     pub fn new(n_slave_ns: usize) -> Topo {
+        Topo::with_daemon_args(n_slave_ns, &[])
+    }
+
+    /// [`Topo::new`] with more arguments to `ipvlan daemon` (e.g. `--fast-path off`).
+    pub fn with_daemon_args(n_slave_ns: usize, args: &[&str]) -> Topo {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -492,7 +516,7 @@ impl Topo {
         ok(&format!("ip -n {r} addr add 10.{x}.0.1/24 dev eth0"));
         ok(&format!("ip -n {r} addr add fd00:{x}::1/64 dev eth0"));
         ok(&format!("ip -n {r} link set dev eth0 up"));
-        t.daemon = Some(Daemon::start(&prefix));
+        t.daemon = Some(Daemon::start_with(&prefix, args));
         t
     }
 
@@ -509,6 +533,13 @@ impl Topo {
         // value; `default` is what devices created or moved here later start with.
         sysctl(ns, "net.ipv6.conf.all.accept_dad", "0");
         sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
+    }
+
+    /// Deletes one of this topology's namespaces now (`ip netns del`), as its owner
+    /// would; it is not deleted again on drop.
+    pub fn del_netns(&mut self, ns: &str) {
+        ok(&format!("ip netns del {ns}"));
+        self.made.retain(|n| n != ns);
     }
 
     /// Slave namespace `i`.
@@ -574,7 +605,7 @@ impl Topo {
             }
         }
         if let Some(d) = &self.daemon {
-            let o = d.ipvlan_timeout(&self.host, &["-d", "-s", "link", "show"], DIAG_TIMEOUT);
+            let o = d.ipvlan_timeout(&self.router, &["-d", "-s", "link", "show"], DIAG_TIMEOUT);
             s.push_str(&format!(
                 "== ipvlan -d -s link show\n{}{}",
                 stdout(&o),

@@ -1,0 +1,501 @@
+//! L3S through the master namespace's netfilter: DNAT in and MASQUERADE out with the
+//! flows in HOST's conntrack, IPv4 and IPv6; traffic that keeps flowing while the
+//! daemon is dead (the kernel backend routes L3S in the kernel,
+//! `ipvlan_datapath::kernel::l3s`); HOST's own forwarding as it was; everything gone
+//! with the port. Root only.
+//!
+//! The topology of C21: HOST holds 10.X.0.2/24 and fd00:X::2/64 on the master and
+//! routes everything else via ROUTER (10.X.0.1, fd00:X::1); the slave in ns0 holds
+//! 10.X.100.10 and fd00:X:100::10 with default routes on its device; ROUTER routes the
+//! slave's subnets back via HOST. HOST checks reverse paths strictly (`rp_filter=1`).
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+struct L3s {
+    t: Topo,
+    dev: String,
+    s4: String,
+    s6: String,
+    host4: String,
+    host6: String,
+}
+
+/// The topology without the port: HOST, ROUTER, their addresses and routes.
+fn topology() -> Topo {
+    require_root();
+    let t = Topo::new(1);
+    let x = t.x;
+    let (h, r) = (t.host.clone(), t.router.clone());
+    let (host4, host6) = (t.v4(2), t.v6(2));
+    ok(&format!("ip -n {h} addr add {host4}/24 dev eth0"));
+    ok(&format!("ip -n {h} addr add {host6}/64 dev eth0 nodad"));
+    ok(&format!(
+        "ip -n {h} route add default via {}",
+        t.router_v4()
+    ));
+    ok(&format!(
+        "ip -n {h} -6 route add default via {}",
+        t.router_v6()
+    ));
+    sysctl(&h, "net.ipv4.conf.all.rp_filter", "1");
+    sysctl(&h, "net.ipv4.conf.eth0.rp_filter", "1");
+    ok(&format!("ip -n {r} route add 10.{x}.100.0/24 via {host4}"));
+    ok(&format!(
+        "ip -n {r} -6 route add fd00:{x}:100::/64 via {host6}"
+    ));
+    t
+}
+
+/// The slave in L3S on [`topology`].
+fn setup_on(t: Topo) -> L3s {
+    let x = t.x;
+    let s1 = t.ns(0).to_string();
+    let (s4, s6) = (format!("10.{x}.100.10"), format!("fd00:{x}:100::10"));
+    let dev = add_slave(&t, 0, &["mode", "l3s"]);
+    ok(&format!("ip -n {s1} addr add {s4}/24 dev {dev}"));
+    ok(&format!("ip -n {s1} addr add {s6}/64 dev {dev} nodad"));
+    ok(&format!("ip -n {s1} route add default dev {dev}"));
+    ok(&format!("ip -n {s1} -6 route add default dev {dev}"));
+    let (host4, host6) = (t.v4(2), t.v6(2));
+    L3s {
+        t,
+        dev,
+        s4,
+        s6,
+        host4,
+        host6,
+    }
+}
+
+fn setup() -> L3s {
+    setup_on(topology())
+}
+
+/// Loads `rules` into namespace `ns`.
+fn nft(ns: &str, rules: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("write nft rules");
+    let out = child.wait_with_output().expect("nft ran");
+    assert!(
+        out.status.success(),
+        "nft -f in {ns} failed: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// HOST's conntrack table for one family (`-f ipv4|ipv6`).
+fn conntrack(ns: &str, family: &str) -> String {
+    stdout(&sh(&format!(
+        "ip netns exec {ns} conntrack -L -f {family} 2>/dev/null"
+    )))
+}
+
+fn reaches(ns: &str, addr: &str) -> bool {
+    eventually(Duration::from_secs(10), || ping(ns, addr))
+}
+
+/// ROUTER reaches the slave through a DNAT rule in HOST (a service address routed via
+/// HOST, translated to the slave's), the reply comes back from the service address;
+/// HOST's conntrack lists the translated flow. IPv4 and IPv6.
+#[test]
+fn l3s_dnat_in_is_tracked() {
+    let s = setup();
+    let (t, h, r) = (&s.t, s.t.host.clone(), s.t.router.clone());
+    let x = t.x;
+    let (svc4, svc6) = (format!("10.{x}.200.1"), format!("fd00:{x}:200::1"));
+    ok(&format!(
+        "ip -n {r} route add 10.{x}.200.0/24 via {}",
+        s.host4
+    ));
+    ok(&format!(
+        "ip -n {r} -6 route add fd00:{x}:200::/64 via {}",
+        s.host6
+    ));
+    nft(
+        &h,
+        &format!(
+            "table inet natt {{
+  chain pre {{ type nat hook prerouting priority -100; policy accept;
+    iifname \"eth0\" ip daddr {svc4} dnat ip to {s4}
+    iifname \"eth0\" ip6 daddr {svc6} dnat ip6 to {s6}
+  }}
+}}
+",
+            s4 = s.s4,
+            s6 = s.s6
+        ),
+    );
+    for (svc, slave, family) in [(&svc4, &s.s4, "ipv4"), (&svc6, &s.s6, "ipv6")] {
+        assert!(
+            reaches(&r, svc),
+            "ROUTER cannot reach the slave through HOST's DNAT of {svc}\n{}",
+            t.diag()
+        );
+        let ct = conntrack(&h, family);
+        assert!(
+            ct.lines()
+                .any(|l| l.contains(&format!("dst={svc}")) && l.contains(&format!("src={slave}"))),
+            "HOST's conntrack lists no flow to {svc} translated to {slave}:\n{ct}"
+        );
+    }
+}
+
+/// The slave reaches ROUTER through a MASQUERADE rule in HOST while ROUTER has no route
+/// back to the slave's subnets; HOST's conntrack lists the flow with HOST's address as
+/// the reply's destination. IPv4 and IPv6.
+#[test]
+fn l3s_masquerade_out_is_tracked() {
+    let s = setup();
+    let (t, h, r, s1) = (
+        &s.t,
+        s.t.host.clone(),
+        s.t.router.clone(),
+        s.t.ns(0).to_string(),
+    );
+    let x = t.x;
+    ok(&format!("ip -n {r} route del 10.{x}.100.0/24"));
+    ok(&format!("ip -n {r} -6 route del fd00:{x}:100::/64"));
+    // Without the NAT the replies have no way back.
+    assert!(
+        !ping(&s1, &t.router_v4()),
+        "the slave reached ROUTER without a route back"
+    );
+    nft(
+        &h,
+        &format!(
+            "table inet natt {{
+  chain post {{ type nat hook postrouting priority 100; policy accept;
+    oifname \"eth0\" ip saddr 10.{x}.100.0/24 masquerade
+    oifname \"eth0\" ip6 saddr fd00:{x}:100::/64 masquerade
+  }}
+}}
+"
+        ),
+    );
+    let _ = sh(&format!("ip netns exec {h} conntrack -F"));
+    for (to, slave, host, family) in [
+        (t.router_v4(), &s.s4, &s.host4, "ipv4"),
+        (t.router_v6(), &s.s6, &s.host6, "ipv6"),
+    ] {
+        assert!(
+            reaches(&s1, &to),
+            "the slave cannot reach {to} through HOST's MASQUERADE\n{}",
+            t.diag()
+        );
+        let ct = conntrack(&h, family);
+        assert!(
+            ct.lines()
+                .any(|l| l.contains(&format!("src={slave} dst={to}"))
+                    && l.contains(&format!("dst={host}"))),
+            "HOST's conntrack lists no masqueraded flow from {slave} to {to}:\n{ct}"
+        );
+    }
+}
+
+/// Pings `addr` from `ns` 60 times, 50 ms apart.
+fn pinger(ns: &str, addr: &str) -> std::process::Child {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-c", "60", "-i", "0.05", "-W", "1",
+        ])
+        .arg(addr)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start ping")
+}
+
+/// The replies a finished [`pinger`] got, and its summary line.
+fn replies(p: std::process::Child) -> (u32, String) {
+    let out = p.wait_with_output().expect("ping ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"))
+        .to_string();
+    let received = summary
+        .split(", ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (received, summary)
+}
+
+/// The daemon killed (SIGKILL) while the slave pings ROUTER and ROUTER the slave, IPv4
+/// and IPv6: with the kernel backend no reply is lost; then a new daemon takes the
+/// slave back.
+#[test]
+fn l3s_keeps_flowing_while_the_daemon_is_dead() {
+    let mut s = setup();
+    let (r, s1) = (s.t.router.clone(), s.t.ns(0).to_string());
+    let pairs = [
+        (s1.clone(), s.t.router_v4()),
+        (s1.clone(), s.t.router_v6()),
+        (r.clone(), s.s4.clone()),
+        (r.clone(), s.s6.clone()),
+    ];
+    for (from, to) in &pairs {
+        assert!(
+            reaches(from, to),
+            "{from} cannot reach {to} in L3S\n{}",
+            s.t.diag()
+        );
+    }
+    let pingers: Vec<_> = pairs.iter().map(|(from, to)| pinger(from, to)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    s.t.daemon_mut().kill(Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.t.daemon_mut().spawn();
+    for p in pingers {
+        let (received, summary) = replies(p);
+        if user_backend() {
+            // The user backend carries nothing while no daemon runs.
+            assert!(received >= 20, "too few replies across the kill: {summary}");
+        } else {
+            assert_eq!(received, 60, "L3S paused without the daemon: {summary}");
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || s
+            .t
+            .daemon()
+            .log_text()
+            .contains("took back 1 slave(s)")),
+        "no adoption in the log"
+    );
+    s.t.assert_ping(&s1, &s.t.router_v4());
+}
+
+/// A namespace FAR behind HOST (10.X.150.0/24, fd00:X:150::/64 on a veth of HOST's):
+/// whether ROUTER reaches it through HOST depends on HOST's forwarding as it was when
+/// the L3S port came: yes where HOST forwarded, not where it did not.
+#[test]
+fn l3s_leaves_the_hosts_forwarding_as_it_was() {
+    let t = topology();
+    let x = t.x;
+    let (h, r) = (t.host.clone(), t.router.clone());
+    let far = format!("{}-far", t.prefix);
+    // Deleted on every way out, the namespace's veth with it.
+    struct Far(String);
+    impl Drop for Far {
+        fn drop(&mut self) {
+            let _ = sh(&format!("ip netns del {}", self.0));
+        }
+    }
+    let _ = sh(&format!("ip netns del {far}"));
+    ok(&format!("ip netns add {far}"));
+    let _far = Far(far.clone());
+    sysctl(&far, "net.ipv6.conf.all.accept_dad", "0");
+    sysctl(&far, "net.ipv6.conf.default.accept_dad", "0");
+    ok(&format!(
+        "ip -n {h} link add far0 type veth peer name eth0 netns {far}"
+    ));
+    sysctl(&h, "net.ipv6.conf.far0.accept_dad", "0");
+    ok(&format!("ip -n {h} addr add 10.{x}.150.1/24 dev far0"));
+    ok(&format!(
+        "ip -n {h} addr add fd00:{x}:150::1/64 dev far0 nodad"
+    ));
+    ok(&format!("ip -n {h} link set far0 up"));
+    ok(&format!("ip -n {far} addr add 10.{x}.150.2/24 dev eth0"));
+    ok(&format!(
+        "ip -n {far} addr add fd00:{x}:150::2/64 dev eth0 nodad"
+    ));
+    ok(&format!("ip -n {far} link set eth0 up"));
+    ok(&format!("ip -n {far} link set lo up"));
+    ok(&format!("ip -n {far} route add default via 10.{x}.150.1"));
+    ok(&format!(
+        "ip -n {far} -6 route add default via fd00:{x}:150::1"
+    ));
+    ok(&format!(
+        "ip -n {r} route add 10.{x}.150.0/24 via {}",
+        t.v4(2)
+    ));
+    ok(&format!(
+        "ip -n {r} -6 route add fd00:{x}:150::/64 via {}",
+        t.v6(2)
+    ));
+    let (far4, far6) = (format!("10.{x}.150.2"), format!("fd00:{x}:150::2"));
+    let set_forwarding = |on: &str| {
+        sysctl(&h, "net.ipv4.conf.all.forwarding", on);
+        sysctl(&h, "net.ipv6.conf.all.forwarding", on);
+    };
+    let sysctls = || {
+        [
+            "net/ipv4/conf/all/forwarding",
+            "net/ipv4/conf/eth0/forwarding",
+            "net/ipv6/conf/all/forwarding",
+            "net/ipv6/conf/eth0/forwarding",
+            "net/ipv6/conf/eth0/force_forwarding",
+        ]
+        .map(|k| ok(&format!("ip netns exec {h} cat /proc/sys/{k}")))
+    };
+
+    // HOST forwarding when the port comes: ROUTER reaches FAR and the slave.
+    set_forwarding("1");
+    let s = setup_on(t);
+    let (t, s1) = (&s.t, s.t.ns(0).to_string());
+    for addr in [&far4, &far6, &s.s4, &s.s6] {
+        assert!(
+            reaches(&r, addr),
+            "ROUTER cannot reach {addr} through a forwarding HOST with the L3S port\n{}",
+            t.diag()
+        );
+    }
+    t.ipvlan_ok(&s1, &["link", "del", "dev", &s.dev]);
+
+    // HOST not forwarding: ROUTER does not reach FAR (the control), nor once the L3S
+    // port is there and carries the slave's traffic; HOST's `all` sysctls as they were.
+    set_forwarding("0");
+    let before = sysctls();
+    for addr in [&far4, &far6] {
+        assert!(
+            !ping(&r, addr),
+            "ROUTER reached {addr} through HOST that does not forward"
+        );
+    }
+    let dev = add_slave(t, 0, &["mode", "l3s"]);
+    ok(&format!("ip -n {s1} addr add {}/24 dev {dev}", s.s4));
+    ok(&format!("ip -n {s1} addr add {}/64 dev {dev} nodad", s.s6));
+    ok(&format!("ip -n {s1} route add default dev {dev}"));
+    ok(&format!("ip -n {s1} -6 route add default dev {dev}"));
+    for addr in [&s.s4, &s.s6] {
+        assert!(
+            reaches(&r, addr),
+            "ROUTER cannot reach the L3S slave's {addr}\n{}",
+            t.diag()
+        );
+    }
+    for addr in [&far4, &far6] {
+        assert!(
+            !ping(&r, addr),
+            "ROUTER reached {addr} through HOST once the L3S port was there\n{}",
+            t.diag()
+        );
+    }
+    // FAR's own traffic out through HOST is not forwarded either.
+    assert!(
+        !ping(&far, &t.router_v4()),
+        "FAR reached ROUTER through HOST"
+    );
+    let with_port = sysctls();
+    assert_eq!(
+        (&with_port[0], &with_port[2]),
+        (&before[0], &before[2]),
+        "HOST's all.forwarding changed with the port"
+    );
+}
+
+/// The table number the port of master `eth0` in `ns` uses (`kernel::l3s::table`).
+fn table_of(ns: &str) -> u64 {
+    let v = json(&format!("ip -n {ns} -j link show dev eth0"));
+    0x1a5c_0000 + (v[0]["ifindex"].as_u64().expect("ifindex") & 0xffff)
+}
+
+/// What the L3S routing leaves in HOST: rules on the master, routes of its table,
+/// permanent neighbour entries, and the master's forwarding sysctls.
+fn leftovers(h: &str, table: u64) -> (String, String, String, [String; 3]) {
+    let rules = ok(&format!("ip -n {h} rule show; ip -n {h} -6 rule show"));
+    let rules = rules
+        .lines()
+        .filter(|l| l.contains("iif eth0"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let routes = stdout(&sh(&format!(
+        "ip -n {h} route show table {table} 2>/dev/null; ip -n {h} -6 route show table {table} 2>/dev/null"
+    )));
+    let neigh = ok(&format!(
+        "ip -n {h} neigh show nud permanent; ip -n {h} -6 neigh show nud permanent"
+    ));
+    let neigh = neigh
+        .lines()
+        .filter(|l| !l.contains("dev eth0"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let sysctls = [
+        "net/ipv4/conf/eth0/forwarding",
+        "net/ipv6/conf/eth0/force_forwarding",
+        "net/ipv6/conf/all/forwarding",
+    ]
+    .map(|k| ok(&format!("ip netns exec {h} cat /proc/sys/{k}")));
+    (rules, routes, neigh, sysctls)
+}
+
+/// The slave's routing (rules, table, neighbour entries, the master's sysctls) exists
+/// while the port is in L3S with the kernel backend, and is all gone when the mode
+/// leaves L3S and when the port goes.
+#[test]
+fn l3s_routing_goes_with_the_port() {
+    let t = topology();
+    let h = t.host.clone();
+    let table = table_of(&h);
+    let clean = leftovers(&h, table);
+    assert!(
+        clean.0.is_empty() && clean.1.trim().is_empty() && clean.2.is_empty(),
+        "L3S routing before any port: {clean:?}"
+    );
+    let s = setup_on(t);
+    let (t, s1) = (&s.t, s.t.ns(0).to_string());
+    assert!(
+        reaches(&s1, &t.router_v4()),
+        "the L3S slave cannot reach ROUTER\n{}",
+        t.diag()
+    );
+    if !user_backend() {
+        let set_up = leftovers(&h, table);
+        assert!(
+            set_up.0.contains(&format!("lookup {table}"))
+                && set_up.1.contains(&s.s4)
+                && set_up.1.contains(&s.s6)
+                && set_up.2.contains(&s.s4),
+            "no L3S routing for the slave in HOST: {set_up:?}"
+        );
+    }
+    // To L3 and back: removed and made again.
+    t.ipvlan_ok(
+        &s1,
+        &["link", "set", "dev", &s.dev, "type", "ipvlan", "mode", "l3"],
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || leftovers(&h, table) == clean),
+        "L3S routing left in L3: {:?} (was {clean:?})",
+        leftovers(&h, table)
+    );
+    t.ipvlan_ok(
+        &s1,
+        &[
+            "link", "set", "dev", &s.dev, "type", "ipvlan", "mode", "l3s",
+        ],
+    );
+    assert!(
+        reaches(&s1, &t.router_v4()),
+        "the slave cannot reach ROUTER back in L3S\n{}",
+        t.diag()
+    );
+    // The port goes with its last slave.
+    t.ipvlan_ok(&s1, &["link", "del", "dev", &s.dev]);
+    assert!(
+        eventually(Duration::from_secs(5), || leftovers(&h, table) == clean),
+        "L3S routing left after the port went: {:?} (was {clean:?})",
+        leftovers(&h, table)
+    );
+}
