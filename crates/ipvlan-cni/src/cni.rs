@@ -201,6 +201,10 @@ pub struct RawConf {
     /// leaves it as it is.
     #[serde(default)]
     pub source_guard: Option<bool>,
+    /// ipvlan-rs extension: turn the port's host access on (`true`: the host and the
+    /// containers reach each other) or off; absent leaves it as it is.
+    #[serde(default)]
+    pub host_access: Option<bool>,
 }
 
 /// The configuration, checked.
@@ -211,6 +215,7 @@ pub struct NetConf {
     pub mode: Mode,
     pub flags: Option<Flags>,
     pub source_guard: Option<bool>,
+    pub host_access: Option<bool>,
     pub mtu: Option<u32>,
     pub link_in_container: bool,
     /// The IPAM plugin's name (`ipam.type`), if IPAM is configured.
@@ -299,6 +304,7 @@ impl NetConf {
             mode,
             flags,
             source_guard: c.source_guard,
+            host_access: c.host_access,
             mtu: c.mtu.filter(|&m| m != 0),
             link_in_container: c.link_in_container,
             ipam_type,
@@ -488,7 +494,7 @@ mod tests {
     fn all_fields_and_extension() {
         let c = conf(
             r#"{"cniVersion":"0.4.0","name":"n","type":"ipvlan","master":"eth1","mode":"l3s",
-                "mtu":1400,"linkInContainer":true,"flag":"private","sourceGuard":true,
+                "mtu":1400,"linkInContainer":true,"flag":"private","sourceGuard":true,"hostAccess":true,
                 "dns":{"nameservers":["10.0.0.53"]},"prevResult":{"cniVersion":"0.4.0"},
                 "unknownField": 1}"#,
         )
@@ -496,6 +502,7 @@ mod tests {
         assert_eq!(c.mode, Mode::L3s);
         assert_eq!(c.flags, Some(Flags::Private));
         assert_eq!(c.source_guard, Some(true));
+        assert_eq!(c.host_access, Some(true));
         assert_eq!(c.mtu, Some(1400));
         assert!(c.link_in_container);
         assert_eq!(c.ipam_type, None);

@@ -295,6 +295,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
                 mode: Some(conf.mode),
                 flags: conf.flags,
                 source_guard: conf.source_guard,
+                host_access: conf.host_access,
             },
         },
     )?)?;

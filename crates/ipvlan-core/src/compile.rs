@@ -78,6 +78,94 @@ fn guard_rules(id: SlaveId) -> Vec<String> {
     ]
 }
 
+/// The source guard's sets `own4` and `own6` (host end . address) of `prog`, filled.
+pub fn own_sets(prog: &mut Program, snap: &PortSnapshot, host_ends: &[(SlaveId, String)]) {
+    for (fam, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+        prog.declare(
+            "set",
+            &format!("own{fam}"),
+            &format!("{{ type iface_index . {ty}; }}"),
+        );
+    }
+    for (ip, id) in snap.table.iter() {
+        let Some((_, end)) = host_ends.iter().find(|(h, _)| *h == id) else {
+            continue;
+        };
+        let fam = if ip.is_ipv4() { "4" } else { "6" };
+        prog.elements
+            .entry(format!("own{fam}"))
+            .or_default()
+            .insert(format!("\"{end}\" . {ip}"));
+    }
+}
+
+/// The source guard's jump, and its chain with its rules, for one slave's host-end chain.
+pub fn guard_jump(id: SlaveId) -> (String, (String, Vec<String>)) {
+    (
+        format!("jump {}", guard_chain(id)),
+        (guard_chain(id), guard_rules(id)),
+    )
+}
+
+/// What host access ([`PortSnapshot::host_access`]) adds to a host end's chain, where
+/// every frame is dropped unless a rule takes it: the master namespace's stack
+/// receives the frame on the host end (which then carries the master's MAC, so the
+/// frame is `PACKET_HOST` there) and answers on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostAccessRules {
+    /// First of all (before the group frames are dropped), L2 only: the slave's
+    /// broadcast ARP requests and multicast neighbour solicitations (unicast ones go
+    /// as any unicast), which the stack answers for its own
+    /// addresses (their fan-out stays userspace's). With the source guard, only from
+    /// the slave's own addresses.
+    pub first: Vec<String>,
+    /// After the spoof check and the source guard: unicast for an address of the
+    /// master's namespace (L2's [`Decision::ToMasterStack`](crate::Decision), what
+    /// L3's [`Decision::Route`](crate::Decision) delivers locally).
+    pub local: Vec<String>,
+    /// L2, after the forwarding to slaves: unicast ARP requests (a neighbour's
+    /// refresh), which the stack answers only for its own addresses.
+    pub arp: Vec<String>,
+}
+
+/// [`HostAccessRules`] for `snap`'s host ends: none with host access off; in L3S the
+/// daemon routes what a slave sends to the master's namespace (as it routes all L3S
+/// egress), and in L2 `vepa` everything goes out to the wire (§4.1).
+pub fn host_access_rules(snap: &PortSnapshot) -> HostAccessRules {
+    let m = snap.master_mac;
+    let l2 = snap.mode == Mode::L2 && snap.flags != Flags::Vepa;
+    if !snap.host_access || !(l2 || snap.mode == Mode::L3) {
+        return HostAccessRules::default();
+    }
+    let local = vec![format!("ether daddr {m} fib daddr type local accept")];
+    if !l2 {
+        return HostAccessRules {
+            local,
+            ..Default::default()
+        };
+    }
+    let (own4, own6) = if snap.source_guard {
+        (
+            "meta iif . arp saddr ip @own4 ",
+            "meta iif . ip6 saddr @own6 ",
+        )
+    } else {
+        ("", "")
+    };
+    HostAccessRules {
+        first: vec![
+            format!("meta pkttype broadcast ether saddr {m} arp operation request {own4}accept"),
+            format!(
+                "meta pkttype multicast ether saddr {m} icmpv6 type nd-neighbor-solicit {own6}accept"
+            ),
+        ],
+        local,
+        arp: vec![format!(
+            "ether saddr {m} ether daddr {m} arp operation request accept"
+        )],
+    }
+}
+
 /// The program for `table` for a port whose master is `master` and whose slaves'
 /// host ends are `host_ends`.
 pub fn program(
@@ -102,23 +190,12 @@ pub fn program(
             .map(|(_, n)| n.as_str())
     };
     if snap.source_guard {
-        for (fam, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
-            prog.declare(
-                "set",
-                &format!("own{fam}"),
-                &format!("{{ type iface_index . {ty}; }}"),
-            );
-        }
+        own_sets(&mut prog, snap, host_ends);
     }
     for (ip, id) in snap.table.iter() {
         let Some(end) = host_of(id) else { continue };
         let fam = if ip.is_ipv4() { "4" } else { "6" };
         let el = &mut prog.elements;
-        if snap.source_guard {
-            el.entry(format!("own{fam}"))
-                .or_default()
-                .insert(format!("\"{end}\" . {ip}"));
-        }
         el.entry(format!("slaves{fam}"))
             .or_default()
             .insert(ip.to_string());
@@ -159,11 +236,15 @@ pub fn program(
             drop_counter(DropReason::Spoof, *id),
         ];
         let mut sub = None;
+        let host = host_access_rules(snap);
+        rules.splice(0..0, host.first.iter().cloned());
         if snap.source_guard {
-            rules.push(format!("jump {}", guard_chain(*id)));
+            let (jump, chain) = guard_jump(*id);
+            rules.push(jump);
             counters.push(drop_counter(DropReason::SourceGuard, *id));
-            sub = Some((guard_chain(*id), guard_rules(*id)));
+            sub = Some(chain);
         }
+        rules.extend(host.local.iter().cloned());
         if snap.mode == Mode::L3s {
             // L3S egress the fast path hands to the master namespace's stack (see
             // `fastpath`): it alone makes a slave's frame `PACKET_HOST`.
@@ -196,7 +277,9 @@ pub fn program(
                     "fwd6",
                 ));
                 rules.push(local(&sel, "arp daddr ip", "slaves4", "fwd4"));
-                // Same MAC, no owner: the kernel's master-stack delivery; not emulated.
+                rules.extend(host.arp.iter().cloned());
+                // Same MAC, no owner: the kernel's master-stack delivery; emulated with
+                // host access only (above).
                 rules.push(format!("{sel}drop"));
                 rules.push(format!("ether saddr {m} fwd to \"{master}\""));
             }
@@ -270,6 +353,44 @@ mod tests {
         assert!(from1.contains(&"ether saddr 52:54:00:12:34:56 fwd to \"eth0\""));
         assert!(from1.contains(&"ether saddr != 52:54:00:12:34:56 counter name \"spoof_1\" drop"));
         assert_eq!(s.matches("policy drop;").count(), 2);
+    }
+
+    #[test]
+    fn host_access_hands_the_master_namespaces_own_traffic_to_the_host_end() {
+        const LOCAL: &str = "ether daddr 52:54:00:12:34:56 fib daddr type local accept";
+        for mode in [Mode::L2, Mode::L3, Mode::L3s] {
+            let (mut snap, ends) = port(mode, Flags::Bridge);
+            let off = program(&snap, "t", "eth0", &ends).full();
+            assert!(!off.contains("fib daddr"), "{mode}");
+            assert!(!off.contains("arp operation"), "{mode}");
+            snap.host_access = true;
+            let s = program(&snap, "t", "eth0", &ends).full();
+            let from1 = rules(&s, "from_1");
+            assert_eq!(from1.contains(&LOCAL), mode != Mode::L3s, "{mode}");
+            let nd = from1
+                .iter()
+                .take_while(|r| !r.starts_with("meta pkttype {"))
+                .count();
+            assert_eq!(nd, if mode == Mode::L2 { 2 } else { 0 }, "{mode}");
+        }
+        // The guard still decides whose ARP and solicitations, and comes first for the rest.
+        let (mut snap, ends) = port(Mode::L2, Flags::Private);
+        snap.host_access = true;
+        snap.source_guard = true;
+        let s = program(&snap, "t", "eth0", &ends).full();
+        let from1 = rules(&s, "from_1");
+        assert_eq!(
+            from1[0],
+            "meta pkttype broadcast ether saddr 52:54:00:12:34:56 arp operation request meta iif . arp saddr ip @own4 accept"
+        );
+        let jump = from1.iter().position(|r| *r == "jump guard_1").unwrap();
+        let local = from1.iter().position(|r| *r == LOCAL).unwrap();
+        assert!(jump < local);
+        // vepa sends everything out.
+        let (mut snap, ends) = port(Mode::L2, Flags::Vepa);
+        snap.host_access = true;
+        let s = program(&snap, "t", "eth0", &ends).full();
+        assert!(!s.contains("fib daddr") && !s.contains("arp operation"));
     }
 
     #[test]

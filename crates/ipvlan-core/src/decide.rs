@@ -91,7 +91,8 @@ pub enum Decision {
     /// Transmit the frame unchanged on the master.
     ToWire,
     /// Hand the frame to the master's own stack as if the master had received it
-    /// (L2 same-MAC unicast that no slave owns).
+    /// (L2 same-MAC unicast that no slave owns). The backends carry it out only with
+    /// host access on ([`PortSnapshot::host_access`]), through the slave's host end.
     ToMasterStack,
     /// Copy to every up slave, in creation order, whose filter accepts the
     /// destination MAC, except `origin`; then transmit on the master if `to_wire`.
@@ -133,7 +134,8 @@ pub enum DropReason {
     /// route garbage); or a frame a backend could not take apart (GSO).
     Malformed,
     /// (Backend) Unicast between equal MACs whose key no slave owns, which the kernel
-    /// hands to the master's own stack (§4.1, §9.1) and the user backend cannot reach;
+    /// hands to the master's own stack (§4.1, §9.1) and the user backend cannot reach
+    /// (but with host access);
     /// or routed egress with no socket to route it through.
     NoOwner,
     /// (Backend) L3/L3S egress the master's namespace could not route or send (the

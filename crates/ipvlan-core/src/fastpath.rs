@@ -170,6 +170,8 @@ enum Label {
     LocalCheck,
     LocalV6,
     Send,
+    /// Host access: the destination is not the master namespace's.
+    NotLocal,
     GuardCheck,
     /// IPv6 that is not ICMPv6 from `::`: keyed by its destination.
     V6Keyed,
@@ -307,6 +309,11 @@ pub struct Spec {
     pub mode: Mode,
     pub flags: Flags,
     pub source_guard: bool,
+    /// Host access (`PortSnapshot::host_access`): in L3 and L3S, what a slave sends to
+    /// an address of the master's namespace is the host end's stack's (the nftables
+    /// program accepts it there; in L3S the host end's program makes it `PACKET_HOST`
+    /// first, its TTL unchanged), so the socket filter does not copy it to userspace.
+    pub host_access: bool,
     /// The master's MAC, which every slave carries.
     pub mac: MacAddr,
     /// The master's ifindex: where a host end sends to the wire and routes.
@@ -696,6 +703,22 @@ fn build(at: Attach, acc: Access, verdict: Verdict, spec: &Spec, maps: &Maps) ->
         a.label(Label::LocalV6);
         a.lookup(maps.local6, KEY6);
         a.label(Label::Send);
+        if spec.host_access {
+            match verdict {
+                // The host end's stack takes it (see `Spec::host_access`): not copied.
+                Verdict::Skip => {
+                    a.jmp_imm(JEQ, R0, 0, Label::NotLocal);
+                    a.mov_imm(R0, 0);
+                    a.exit();
+                    a.label(Label::NotLocal);
+                }
+                // L3S: up the stack as it is (delivered, not forwarded: the TTL stays).
+                Verdict::Redirect if spec.mode == Mode::L3s => {
+                    a.jmp_imm(JNE, R0, 0, Label::Host);
+                }
+                Verdict::Redirect => {}
+            }
+        }
         a.jmp_imm(JNE, R0, 0, Label::Pass);
         if spec.mode == Mode::L3s {
             a.up_the_stack(acc, verdict);
@@ -758,6 +781,7 @@ mod tests {
             mode,
             flags,
             source_guard,
+            host_access: false,
             mac: M,
             master: 7,
         }
@@ -922,6 +946,25 @@ mod tests {
         let f = socket_filter(&spec(Mode::L3, Flags::Bridge, false), &MAPS);
         assert!(calls(&f).is_empty());
         assert_eq!(maps_named(&f), [3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn with_host_access_the_l3_socket_filter_leaves_local_destinations_to_the_host() {
+        let off = spec(Mode::L3, Flags::Bridge, false);
+        let on = Spec {
+            host_access: true,
+            ..off
+        };
+        // The tc program is the same: local destinations go on to the nftables program.
+        assert_eq!(
+            program(Attach::HostEnd, &off, &MAPS),
+            program(Attach::HostEnd, &on, &MAPS)
+        );
+        // The socket filter skips them (one more exit, returning 0).
+        let exits = |p: &[Insn]| p.iter().filter(|i| i.code == JMP | EXIT).count();
+        let (f_off, f_on) = (socket_filter(&off, &MAPS), socket_filter(&on, &MAPS));
+        assert_eq!(exits(&f_on), exits(&f_off) + 1);
+        assert_eq!(maps_named(&f_on), maps_named(&f_off));
     }
 
     #[test]

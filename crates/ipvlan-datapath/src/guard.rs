@@ -21,8 +21,8 @@
 
 use std::net::IpAddr;
 
-use ipvlan_core::SlaveId;
 use ipvlan_core::nftprog::{Part, Program};
+use ipvlan_core::{Mode, PortSnapshot, SlaveId, compile};
 
 /// The guard table's name for the master with this ifindex.
 pub fn table_name(master_ifindex: u32) -> String {
@@ -100,6 +100,41 @@ pub fn program(
         );
     }
     prog
+}
+
+/// Host access ([`PortSnapshot::host_access`]) in the guard: the host ends' chains let
+/// the master namespace's stack have what the kernel backend's program lets it have
+/// ([`compile::host_access_rules`]), behind the same spoof check and source guard. L2
+/// only: in L3 and L3S the switching thread routes what a slave sends to the master's
+/// namespace, as all routed egress, and the stack's answers reach the slave directly.
+pub fn add_host_access(prog: &mut Program, snap: &PortSnapshot, host_ends: &[(SlaveId, String)]) {
+    let host = compile::host_access_rules(snap);
+    if snap.mode != Mode::L2 || host == compile::HostAccessRules::default() {
+        return;
+    }
+    if snap.source_guard {
+        compile::own_sets(prog, snap, host_ends);
+    }
+    let m = snap.master_mac;
+    for (id, _) in host_ends {
+        let Some(part) = prog.parts.get_mut(&format!("{:05}", id.0)) else {
+            continue;
+        };
+        let mut rules = host.first.clone();
+        rules.push(format!("ether saddr != {m} drop"));
+        if snap.source_guard {
+            let (jump, (chain, mut sub)) = compile::guard_jump(*id);
+            // The switching thread counts what the guard drops.
+            if let Some(last) = sub.last_mut() {
+                *last = "drop".to_string();
+            }
+            rules.push(jump);
+            part.sub = Some((chain, sub));
+        }
+        rules.extend(host.local.iter().cloned());
+        rules.extend(host.arp.iter().cloned());
+        part.rules = rules;
+    }
 }
 
 /// The L3S table.

@@ -601,6 +601,8 @@ impl Io {
                     self.queue(plan, out, wire, whole, to_wire);
                 }
             }
+            // With host access the host end's stack has it (see `guard::add_host_access`).
+            Decision::ToMasterStack if plan.snap.host_access => {}
             Decision::ToMasterStack => blame(DropReason::NoOwner),
             Decision::Route => match (&self.raw, VnetHdr::parse(whole)) {
                 (Some(raw), Ok(hdr)) => {

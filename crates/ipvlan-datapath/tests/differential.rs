@@ -51,7 +51,13 @@
 //! tests print them but do not fail on them; `known_bugs` (ignored) fails until they
 //! are fixed. Run with `--nocapture` to see the tables.
 //!
-//! The ports with the source guard on (an ipvlan-rs extension) run the same corpus.
+//! The ports with the source guard on (an ipvlan-rs extension) run the same corpus, and
+//! so do ports with host access on (another): their host ends are set up as the
+//! datapath does it (the master's MAC, ARP and IPv6 on), and what is for the master
+//! namespace's own addresses — L2's `ToMasterStack`, L3's `Route` to a local
+//! destination — must reach its stack through the host end (counted by an input rule
+//! of the test's, `host_in`, which drops it there) and, in L3, must not be copied to
+//! userspace by the host-end socket filter.
 //!
 //! Root only: panics with a clear message otherwise. Each port runs in its own
 //! namespace, so the tests run in parallel.
@@ -257,8 +263,12 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(mode: Mode, flags: Flags, guard: bool) -> Self {
-        let tag = format!("{mode}-{flags}{}", if guard { "-g" } else { "" });
+    fn new(mode: Mode, flags: Flags, guard: bool, host: bool) -> Self {
+        let tag = format!(
+            "{mode}-{flags}{}{}",
+            if guard { "-g" } else { "" },
+            if host { "-h" } else { "" }
+        );
         let scratch = Scratch::new(&tag);
         let slave_ns: Vec<Scratch> = (1..=SLAVES)
             .map(|n| Scratch::new(&format!("{tag}-s{n}")))
@@ -359,6 +369,7 @@ impl Rig {
         let mut port = Port::new(M);
         port.apply_newlink(Some(mode), Some(flags));
         port.set_source_guard(guard);
+        port.set_host_access(host);
         let mut ids = [SlaveId(0); SLAVES];
         for (i, id) in ids.iter_mut().enumerate() {
             *id = port.add_slave().expect("add_slave");
@@ -377,6 +388,25 @@ impl Rig {
         let script = compile::program(&snap, TABLE, "eth0", &ends).full();
         if let Err(e) = nft::apply(&scratch.ns, &script) {
             panic!("applying the compiled program failed: {e}\n{script}");
+        }
+        if host {
+            // Host access, as the datapath sets it up: the host ends carry the master's
+            // MAC, answer ARP and take IPv6. What reaches the master namespace's stack
+            // through them is counted (`host_in`) and goes no further, so that its
+            // answers do not mix with the frames under test.
+            for n in 1..=SLAVES {
+                let dev = format!("ivh{n}");
+                scratch.ip(&["link", "set", &dev, "address", &m, "arp", "on"]);
+                scratch.sysctl(&format!("net.ipv6.conf.{dev}.addr_gen_mode"), "1");
+                scratch.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+            }
+            let host_in = "table inet diff_host {
+  counter host_in {}
+  chain input { type filter hook input priority 0; policy accept; iifname \"ivh*\" counter name host_in drop; }
+}";
+            if let Err(e) = nft::apply(&scratch.ns, host_in) {
+                panic!("{e}");
+            }
         }
 
         // The fast path, as the daemon sets it up: maps from every address in the table
@@ -422,6 +452,7 @@ impl Rig {
             mode,
             flags,
             source_guard: guard,
+            host_access: host,
             mac: M,
             master: scratch.ifindex("eth0"),
         };
@@ -532,13 +563,10 @@ impl Rig {
         self.ids.iter().position(|i| *i == id)
     }
 
-    /// The table's named counters: name → packets.
+    /// The named counters (the program's, and `host_in`): name → packets.
     fn counters(&self) -> BTreeMap<String, u64> {
-        let out = nft::query(
-            &self.scratch.ns,
-            &["-j", "list", "counters", "table", "netdev", TABLE],
-        )
-        .unwrap_or_else(|e| panic!("nft list counters: {e}"));
+        let out = nft::query(&self.scratch.ns, &["-j", "list", "counters"])
+            .unwrap_or_else(|e| panic!("nft list counters: {e}"));
         let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
         let mut map = BTreeMap::new();
         for obj in v["nftables"].as_array().into_iter().flatten() {
@@ -652,6 +680,10 @@ enum Routed {
     Refused,
 }
 
+/// With host access: delivered to the master namespace's stack through the host end, in
+/// the kernel (counted `host_in`), not copied to userspace.
+const HOST_STACK: &str = "host stack";
+
 fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'static str> {
     let Ingress::Slave(sender) = ingress else {
         return Err("route: not from a slave");
@@ -663,6 +695,12 @@ fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'s
             let dst: [u8; 4] = frame[30..34].try_into().expect("checked header");
             if rig.snap.source_guard && !owned_by_sender(src.into()) {
                 return Err("route: guard exception, userspace");
+            }
+            if rig.snap.host_access && dst == LOCAL4 {
+                return Err(HOST_STACK);
+            }
+            if rig.snap.host_access && dst == BCAST4 {
+                return Err("route: broadcast, dropped uncounted (host access)");
             }
             if dst[0] == 127 || dst == LOCAL4 {
                 return Err("route: local, userspace");
@@ -681,6 +719,12 @@ fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'s
             if rig.snap.source_guard && !owned_by_sender(src.into()) {
                 return Err("route: guard exception, userspace");
             }
+            if rig.snap.host_access && dst == LOCAL6 {
+                return Err(HOST_STACK);
+            }
+            if rig.snap.host_access && dst == std::net::Ipv6Addr::LOCALHOST.octets() {
+                return Err("route: ::1 from a device, dropped by the stack (host access)");
+            }
             if dst == LOCAL6 || dst == std::net::Ipv6Addr::LOCALHOST.octets() {
                 return Err("route: local, userspace");
             }
@@ -690,6 +734,15 @@ fn kernel_route(rig: &Rig, ingress: Ingress, frame: &[u8]) -> Result<Routed, &'s
             Ok(Routed::Wire)
         }
         _ => Err("route: not IP"),
+    }
+}
+
+/// IPv4 or IPv6 to one of the master namespace's own addresses.
+fn local_ip(frame: &[u8]) -> bool {
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => frame.get(30..34) == Some(&LOCAL4[..]),
+        0x86dd => frame.get(38..54) == Some(&LOCAL6[..]),
+        _ => false,
     }
 }
 
@@ -988,8 +1041,18 @@ fn program_share(
             }
             // Counted in the master's `tx_errors`, which a veth does not report.
             Ok(Routed::Refused) => "routed: refused",
+            Err(HOST_STACK) => {
+                out.counted.insert("host_in".into(), 1);
+                HOST_STACK
+            }
             Err(why) => why,
         },
+        // With host access the host end's stack takes what is for the master
+        // namespace's own addresses (spec §4.1's delivery to the master's stack).
+        Decision::ToMasterStack if rig.snap.host_access && local_ip(frame) => {
+            out.counted.insert("host_in".into(), 1);
+            HOST_STACK
+        }
         Decision::Flood { .. } => "flood: userspace",
         _ => "",
     };
@@ -1185,9 +1248,15 @@ fn run_batch(
     for (k, (((name, f), obs), extra)) in frames.iter().zip(observed).zip(extra).enumerate() {
         let d = decisions[k];
         let (expected, note) = program_share(rig, ingress, f, d);
-        // What userspace must handle, it must see.
+        // What userspace must handle, it must see; what the host end's stack takes, it
+        // must not.
         if not_copied[k] && note.contains("userspace") {
             skipped.lost.push(format!("from {label}: {name}"));
+        }
+        if note == HOST_STACK && from.is_some_and(|i| i < rig.host_socks.len()) && !not_copied[k] {
+            skipped
+                .lost
+                .push(format!("from {label}: {name} (copied, taken by the host)"));
         }
         rows.push(Row {
             ingress: label.clone(),
@@ -1219,10 +1288,16 @@ const PORTS: [(Mode, Flags); 7] = [
 
 /// Runs the whole corpus through one port; prints the table. `Err` lists the rows that
 /// disagree (all of them with `all`, else those not explained by [`known_bug`]).
-fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), String> {
+fn differential(
+    mode: Mode,
+    flags: Flags,
+    guard: bool,
+    host: bool,
+    all: bool,
+) -> Result<(), String> {
     require_root();
     let started = Instant::now();
-    let rig = Rig::new(mode, flags, guard);
+    let rig = Rig::new(mode, flags, guard, host);
     let mut rows = Vec::new();
     let mut noise = 0;
     let mut skipped = Skipped::default();
@@ -1238,7 +1313,11 @@ fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), 
         );
     }
 
-    let title = format!("{mode} {flags}{}", if guard { " guard" } else { "" });
+    let title = format!(
+        "{mode} {flags}{}{}",
+        if guard { " guard" } else { "" },
+        if host { " host" } else { "" }
+    );
     let mut table = format!(
         "\n== differential: {title} ({} frames, {:?}, {noise} unrelated frames seen) ==\n",
         rows.len(),
@@ -1333,15 +1412,41 @@ fn differential(mode: Mode, flags: Flags, guard: bool, all: bool) -> Result<(), 
 }
 
 fn check(mode: Mode, flags: Flags) {
-    if let Err(msg) = differential(mode, flags, false, false) {
+    if let Err(msg) = differential(mode, flags, false, false, false) {
         panic!("{msg}");
     }
 }
 
 fn check_guarded(mode: Mode, flags: Flags) {
-    if let Err(msg) = differential(mode, flags, true, false) {
+    if let Err(msg) = differential(mode, flags, true, false, false) {
         panic!("{msg}");
     }
+}
+
+fn check_host_access(mode: Mode, flags: Flags, guard: bool) {
+    if let Err(msg) = differential(mode, flags, guard, true, false) {
+        panic!("{msg}");
+    }
+}
+
+#[test]
+fn l2_bridge_host_access() {
+    check_host_access(Mode::L2, Flags::Bridge, false);
+}
+
+#[test]
+fn l2_private_host_access_source_guard() {
+    check_host_access(Mode::L2, Flags::Private, true);
+}
+
+#[test]
+fn l3_bridge_host_access() {
+    check_host_access(Mode::L3, Flags::Bridge, false);
+}
+
+#[test]
+fn l3_private_host_access_source_guard() {
+    check_host_access(Mode::L3, Flags::Private, true);
 }
 
 #[test]
@@ -1401,7 +1506,7 @@ fn l3_private_source_guard() {
 fn known_bugs() {
     let failed: Vec<String> = PORTS
         .iter()
-        .filter_map(|&(mode, flags)| differential(mode, flags, false, true).err())
+        .filter_map(|&(mode, flags)| differential(mode, flags, false, false, true).err())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

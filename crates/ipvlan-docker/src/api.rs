@@ -13,6 +13,9 @@ pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
 pub const OPT_PARENT: &str = "parent";
 pub const OPT_MODE: &str = "ipvlan_mode";
 pub const OPT_FLAG: &str = "ipvlan_flag";
+/// An ipvlan-rs extension: `on` lets the host and the network's containers reach each
+/// other (`host_access on`); `off` (the default) keeps them apart, as Docker's driver.
+pub const OPT_HOST_ACCESS: &str = "ipvlan_host_access";
 /// Top-level keys of `Options` (libnetwork's `netlabel`).
 pub const LABEL_GENERIC: &str = "com.docker.network.generic";
 pub const LABEL_INTERNAL: &str = "com.docker.network.internal";

@@ -18,6 +18,7 @@ pub fn add_slave(
     name: &str,
     mode: Mode,
     flags: Flags,
+    host_access: bool,
 ) -> Result<(), String> {
     let reply = call(
         ns,
@@ -29,6 +30,8 @@ pub fn add_slave(
                 mode: Some(mode),
                 flags: Some(flags),
                 source_guard: None,
+                // Off leaves the port as it is (another network may share it).
+                host_access: host_access.then_some(true),
             },
         },
         true,

@@ -132,6 +132,15 @@ fn network_config(req: &api::CreateNetwork) -> Result<Network, String> {
             ));
         }
     };
+    let host_access = match opt(api::OPT_HOST_ACCESS).as_str() {
+        "" | "off" => false,
+        "on" => true,
+        other => {
+            return Err(format!(
+                "requested ipvlan_host_access '{other}' is not valid: 'on' or 'off' (the default)"
+            ));
+        }
+    };
     let mut parent = opt(api::OPT_PARENT);
     let mut internal = truthy(options.get(api::LABEL_INTERNAL)).unwrap_or(false);
     if parent == "lo" {
@@ -146,6 +155,7 @@ fn network_config(req: &api::CreateNetwork) -> Result<Network, String> {
         parent,
         mode,
         flags,
+        host_access,
         internal,
         created_parent: false,
         ipv4,
@@ -348,7 +358,14 @@ impl Driver {
             .ok_or_else(|| format!("could not find endpoint with id {}", req.endpoint_id))?;
         // A slave left over from an earlier, interrupted Join of this endpoint.
         self.remove_slave(&ep.src_name);
-        control::add_slave(&self.ns, &net.parent, &ep.src_name, net.mode, net.flags)?;
+        control::add_slave(
+            &self.ns,
+            &net.parent,
+            &ep.src_name,
+            net.mode,
+            net.flags,
+            net.host_access,
+        )?;
 
         let mut answer = JoinResponse {
             interface_name: api::InterfaceName {
@@ -450,6 +467,15 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((c.mode, c.flags), (Mode::L3s, Flags::Vepa));
+        assert!(!c.host_access);
+        let c = network_config(&create(
+            id,
+            json!({"parent": "eth0", "ipvlan_host_access": "on"}),
+            pool4(),
+            Value::Null,
+        ))
+        .unwrap();
+        assert!(c.host_access);
 
         let err =
             |g: Value, v4: Value| network_config(&create(id, g, v4, Value::Null)).unwrap_err();
@@ -460,6 +486,13 @@ mod tests {
         assert_eq!(
             err(json!({"parent": "eth0", "ipvlan_flag": "open"}), pool4()),
             "requested ipvlan flag 'open' is not valid, 'bridge' is the ipvlan driver default"
+        );
+        assert_eq!(
+            err(
+                json!({"parent": "eth0", "ipvlan_host_access": "yes"}),
+                pool4()
+            ),
+            "requested ipvlan_host_access 'yes' is not valid: 'on' or 'off' (the default)"
         );
         assert_eq!(
             err(json!({"parent": "lo"}), pool4()),

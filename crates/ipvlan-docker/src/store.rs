@@ -34,6 +34,9 @@ pub struct Network {
     pub parent: String,
     pub mode: Mode,
     pub flags: Flags,
+    /// `-o ipvlan_host_access=on` (an ipvlan-rs extension).
+    #[serde(default)]
+    pub host_access: bool,
     pub internal: bool,
     /// The plugin made the parent (a dummy link, or a VLAN link `eth0.10`) and removes
     /// it with the network.
@@ -99,6 +102,7 @@ mod tests {
                 parent: "eth0".into(),
                 mode: Mode::L3,
                 flags: Flags::Private,
+                host_access: true,
                 internal: false,
                 created_parent: false,
                 ipv4: vec![Subnet {

@@ -36,6 +36,9 @@ pub struct PortArgs {
     /// The source guard (an ipvlan-rs extension): `None` leaves it as it is.
     #[serde(default)]
     pub source_guard: Option<bool>,
+    /// Host access (an ipvlan-rs extension): `None` leaves it as it is.
+    #[serde(default)]
+    pub host_access: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,13 +102,22 @@ pub enum Notice {
         addr: IpAddr,
         owner: String,
     },
-    /// The port's mode, flags or source guard changed.
+    /// An address of the master's own namespace, on a slave of a port with host
+    /// access on: removed again.
+    AddrRefusedHost {
+        slave: String,
+        master: String,
+        addr: IpAddr,
+    },
+    /// The port's mode, flags, source guard or host access changed.
     ModeChanged {
         master: String,
         mode: Mode,
         flags: Flags,
         #[serde(default)]
         source_guard: bool,
+        #[serde(default)]
+        host_access: bool,
     },
     MasterUp {
         master: String,
@@ -165,22 +177,32 @@ impl fmt::Display for Notice {
                 f,
                 "[addr] refused {addr} on {slave}@{master}: Address already assigned to an ipvlan device ({owner})"
             ),
+            Self::AddrRefusedHost {
+                slave,
+                master,
+                addr,
+            } => write!(
+                f,
+                "[addr] refused {addr} on {slave}@{master}: an address of the master's namespace (host_access on)"
+            ),
             Self::ModeChanged {
                 master,
                 mode,
                 flags,
                 source_guard,
+                host_access,
             } => {
                 write!(
                     f,
-                    "[port] {master} now mode {} {}{}",
+                    "[port] {master} now mode {} {}{}{}",
                     mode.as_str(),
                     flags.as_str(),
                     if *source_guard {
                         " source_guard on"
                     } else {
                         ""
-                    }
+                    },
+                    if *host_access { " host_access on" } else { "" }
                 )
             }
             Self::MasterUp { master } => write!(f, "[port] master {master} up"),
@@ -302,6 +324,9 @@ pub struct SlaveView {
     /// Whether the port's source guard is on (an ipvlan-rs extension).
     #[serde(default)]
     pub source_guard: bool,
+    /// Whether the port's host access is on (an ipvlan-rs extension).
+    #[serde(default)]
+    pub host_access: bool,
     pub dev_id: u16,
     pub host_end: String,
     /// The slave's addresses, sorted.
@@ -409,6 +434,7 @@ mod tests {
             mode: Mode::L2,
             port_flags: Flags::Bridge,
             source_guard: false,
+            host_access: false,
             dev_id: 1,
             host_end: "ivh2.1".into(),
             addrs: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],

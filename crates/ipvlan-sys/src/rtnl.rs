@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkDeserializable,
-    NetlinkHeader, NetlinkSerializable,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NetlinkDeserializable, NetlinkHeader, NetlinkSerializable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -23,7 +23,7 @@ use netlink_packet_route::link::{
     LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
@@ -222,6 +222,29 @@ pub struct Route {
     pub table: u32,
     /// The metric.
     pub priority: Option<u32>,
+}
+
+/// The protocol number ipvlan-rs gives the routes and neighbour entries it makes
+/// (`ip route` and `ip neigh` show `proto 250`), by which it finds them again.
+pub const PROTO_IPVLAN: u8 = 0xfa;
+
+/// A host route, neighbour entry or proxy entry of ipvlan-rs's own ([`PROTO_IPVLAN`]):
+/// one address on one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnEntry {
+    pub ip: IpAddr,
+    pub index: u32,
+}
+
+/// Which of [`OwnEntry`]'s kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OwnKind {
+    /// `ip route add IP dev DEV proto 250` (main table, scope link).
+    Route,
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent proto 250`.
+    Neighbour([u8; 6]),
+    /// `ip -6 neigh add proxy IP dev DEV proto 250`.
+    Proxy,
 }
 
 /// A message of `NETLINK_ROUTE`.
@@ -818,6 +841,132 @@ impl Rtnl {
             m.attributes.push(RouteAttribute::Priority(p));
         }
         self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Every route (main table), neighbour and proxy entry that carries
+    /// [`PROTO_IPVLAN`].
+    pub fn own_entries(&mut self) -> Result<Vec<(OwnKind, OwnEntry)>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = family;
+            let mut answers = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+            for proxy in [false, true] {
+                let mut m = NeighbourMessage::default();
+                m.header.family = family;
+                if proxy {
+                    m.header.flags = NeighbourFlags::Proxy;
+                }
+                answers.extend(self.exchange(RouteNetlinkMessage::GetNeighbour(m), NLM_F_DUMP)?);
+            }
+            for answer in answers {
+                match answer {
+                    RtnlMessage::Route(RouteNetlinkMessage::NewRoute(r))
+                        if u8::from(r.header.protocol) == PROTO_IPVLAN =>
+                    {
+                        let r = parse_route(r);
+                        if let Some(index) = r.oif {
+                            out.push((OwnKind::Route, OwnEntry { ip: r.dst, index }));
+                        }
+                    }
+                    RtnlMessage::Route(RouteNetlinkMessage::NewNeighbour(n)) => {
+                        let (mut ip, mut mac, mut ours) = (None, [0u8; 6], false);
+                        for a in &n.attributes {
+                            match a {
+                                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                                    ip = Some(IpAddr::V4(*v4));
+                                }
+                                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                                    ip = Some(IpAddr::V6(*v6));
+                                }
+                                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                                    mac.copy_from_slice(l);
+                                }
+                                NeighbourAttribute::Protocol(p) => {
+                                    ours = u8::from(*p) == PROTO_IPVLAN;
+                                }
+                                _ => {}
+                            }
+                        }
+                        let kind = if n.header.flags.contains(NeighbourFlags::Proxy) {
+                            OwnKind::Proxy
+                        } else {
+                            OwnKind::Neighbour(mac)
+                        };
+                        if let (Some(ip), true) = (ip, ours) {
+                            let index = n.header.ifindex;
+                            out.push((kind, OwnEntry { ip, index }));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (`add`) or removes an entry of `kind`, marked [`PROTO_IPVLAN`]. A neighbour
+    /// entry replaces one that is there; a route does not: then `Ok(false)`. Removing
+    /// what is not there is no error.
+    pub fn set_own_entry(&mut self, kind: OwnKind, e: OwnEntry, add: bool) -> Result<bool> {
+        let proto = RouteProtocol::from(PROTO_IPVLAN);
+        let res = match kind {
+            OwnKind::Route => {
+                let mut m = RouteMessage::default();
+                m.header.address_family = ip_family(e.ip);
+                m.header.destination_prefix_length = if e.ip.is_ipv4() { 32 } else { 128 };
+                m.header.protocol = proto;
+                m.header.scope = RouteScope::Link;
+                m.header.kind = RouteType::Unicast;
+                m.header.table = RouteHeader::RT_TABLE_MAIN;
+                m.attributes = vec![
+                    RouteAttribute::Destination(RouteAddress::from(e.ip)),
+                    RouteAttribute::Oif(e.index),
+                ];
+                if add {
+                    self.ack(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+                } else {
+                    self.ack(RouteNetlinkMessage::DelRoute(m), 0)
+                }
+            }
+            OwnKind::Neighbour(_) | OwnKind::Proxy => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = ip_family(e.ip);
+                m.header.ifindex = e.index;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(match e.ip {
+                        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+                    }));
+                if let OwnKind::Neighbour(mac) = kind {
+                    m.header.state = NeighbourState::Permanent;
+                    m.attributes
+                        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+                } else {
+                    m.header.flags = NeighbourFlags::Proxy;
+                }
+                m.attributes.push(NeighbourAttribute::Protocol(proto));
+                if add {
+                    self.ack(
+                        RouteNetlinkMessage::NewNeighbour(m),
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                    )
+                } else {
+                    self.ack(RouteNetlinkMessage::DelNeighbour(m), 0)
+                }
+            }
+        };
+        match res {
+            Ok(()) => Ok(true),
+            Err(RtnlError::Kernel { errno }) if add && errno == libc::EEXIST => Ok(false),
+            Err(RtnlError::Kernel { errno })
+                if !add
+                    && (errno == libc::ENOENT || errno == libc::ESRCH || errno == libc::ENODEV) =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Multicast groups joined on every interface (IPv4 and IPv6).

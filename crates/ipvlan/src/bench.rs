@@ -9,7 +9,10 @@
 //! In l3 and l3s mode EXT is 10.77.1.1, HOST's eth0 10.77.1.2, and EXT routes
 //! 10.77.0.0/24 via HOST; in l3s HOST also masquerades the slaves' traffic to EXT (an
 //! nftables `masquerade` rule, so conntrack tracks every flow and its cost is in the
-//! figures, as a Kubernetes node's would be). Every namespace is new and named after this process; nothing touches the
+//! figures, as a Kubernetes node's would be). For the host→slave figures HOST gets
+//! 10.77.0.2 and reaches the slaves with ipvlan-rs's `host_access on`, or, for macvlan,
+//! with the usual workaround: a macvlan "shim" in HOST holding the address, with routes
+//! to the slaves. Every namespace is new and named after this process; nothing touches the
 //! machine's own interfaces. Each ipvlan-rs run has its own daemon as a child process
 //! (so its memory and CPU are its own). A benchmark, not a test: nothing is asserted.
 
@@ -590,7 +593,8 @@ fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("iperf3 JSON lacks {path}"))
 }
 
-/// UDP request/response between NS0 and a Rust echo server in NS1: half round trips (µs).
+/// UDP request/response between `ns0` and a Rust echo server in `ns1` on 10.77.0.11:
+/// half round trips (µs).
 fn udp_latency(ns0: &str, ns1: &str, n: usize) -> anyhow::Result<Vec<f64>> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -658,6 +662,44 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 // ---------------------------------------------------------------------------------------
 // One variant, one round
 // ---------------------------------------------------------------------------------------
+
+/// Lets HOST reach the two busy slaves from 10.77.0.2: ipvlan-rs's `host_access on`, or,
+/// for macvlan, the usual workaround: a macvlan "shim" in HOST holding the address, with
+/// a route to each slave.
+fn host_to_slaves(topo: &Topo, daemon: Option<&Daemon>) -> anyhow::Result<()> {
+    let h = topo.host.as_str();
+    match daemon {
+        None => {
+            ip(&[
+                "-n", h, "link", "add", "link", "eth0", "name", "shim", "type", "macvlan", "mode",
+                "bridge",
+            ])?;
+            ip(&["-n", h, "addr", "add", "10.77.0.2/32", "dev", "shim"])?;
+            ip(&["-n", h, "link", "set", "shim", "up"])?;
+            for a in ["10.77.0.10", "10.77.0.11"] {
+                ip(&["-n", h, "route", "add", a, "dev", "shim"])?;
+            }
+        }
+        Some(d) => {
+            ip(&["-n", h, "addr", "add", "10.77.0.2/32", "dev", "eth0"])?;
+            let mut c = d.cli(&[
+                "link",
+                "set",
+                "dev",
+                "sl0",
+                "type",
+                "ipvlan",
+                "host_access",
+                "on",
+            ]);
+            in_netns(&topo.ns[0], move || {
+                run_cmd(&mut c, Duration::from_secs(30)).map(drop)
+            })?;
+        }
+    }
+    reach(h, "10.77.0.10")?;
+    reach(h, "10.77.0.11")
+}
 
 struct Plan {
     secs: u64,
@@ -753,6 +795,25 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
             );
         }
         Err(e) => rec.fail(v, "UDP half round trip", e),
+    }
+
+    // HOST to its own slaves (left on for what follows: no idle slave has an address).
+    match host_to_slaves(&topo, daemon.as_ref()) {
+        Ok(()) => {
+            let r = iperf(&topo.host, ns0, "10.77.0.10", plan.secs, &[])
+                .and_then(|j| num(&j, "/end/sum_received/bits_per_second"));
+            rec.take(v, "TCP host→slave, 1 flow", GBPS, r.map(|bps| bps / 1e9));
+            match udp_latency(&topo.host, ns1, plan.round_trips) {
+                Ok(half) => rec.put(
+                    v,
+                    "UDP half round trip host→slave p50",
+                    MICROS,
+                    percentile(&half, 0.5),
+                ),
+                Err(e) => rec.fail(v, "UDP half round trip host→slave", e),
+            }
+        }
+        Err(e) => rec.fail(v, "host→slave (host_access / macvlan shim)", e),
     }
 
     if v.routed() {

@@ -1,8 +1,8 @@
 //! The iproute2 grammar of `ipvlan link ...` (a public contract: tools call it like `ip`).
 //!
 //! ```text
-//! link add [link MASTER] [name] NAME [mtu N] type ipvlan [mode l2|l3|l3s] [bridge|private|vepa] [source_guard on|off]
-//! link set [dev] NAME type ipvlan [mode MODE] [FLAG] [source_guard on|off]
+//! link add [link MASTER] [name] NAME [mtu N] type ipvlan [mode l2|l3|l3s] [bridge|private|vepa] [source_guard on|off] [host_access on|off]
+//! link set [dev] NAME type ipvlan [mode MODE] [FLAG] [source_guard on|off] [host_access on|off]
 //! link del|delete [dev] NAME
 //! link show|list|lst|ls [[dev] NAME]
 //! ```
@@ -12,15 +12,17 @@
 //!
 //! `source_guard on|off` is an ipvlan-rs extension (the kernel driver has no such
 //! option): with it on, the port's slaves may send only ARP, IPv4 and IPv6 from their
-//! own addresses. It is port-wide like the mode, left alone unless given, and sending
-//! it alone does not send the flags.
+//! own addresses. `host_access on|off` is another: with it on, the master's namespace
+//! and the port's slaves reach each other (the kernel driver keeps them apart). Both
+//! are port-wide like the mode, left alone unless given, and sending them alone does
+//! not send the flags.
 
 use ipvlan_core::Flags;
 
 pub const USAGE: &str = "\
 Usage: ipvlan [-d] [-j] [-s] link show [ [dev] NAME ]
-       ipvlan link add link MASTER [name] NAME [mtu MTU] type ipvlan [ mode MODE ] [ FLAGS ] [ GUARD ]
-       ipvlan link set [dev] NAME type ipvlan [ mode MODE ] [ FLAGS ] [ GUARD ]
+       ipvlan link add link MASTER [name] NAME [mtu MTU] type ipvlan [ mode MODE ] [ FLAGS ] [ GUARD ] [ HOST ]
+       ipvlan link set [dev] NAME type ipvlan [ mode MODE ] [ FLAGS ] [ GUARD ] [ HOST ]
        ipvlan link delete [dev] NAME
        ipvlan daemon [--socket PATH] [--backend user]
        ipvlan demo
@@ -29,6 +31,8 @@ MODE: l3 | l3s | l2
 FLAGS: bridge | private | vepa
 GUARD: source_guard off | source_guard on   (ipvlan-rs extension: slaves may send
        only ARP, IPv4 and IPv6 from their own addresses)
+HOST: host_access off | host_access on   (ipvlan-rs extension: the master's namespace
+       and the slaves reach each other)
 (first values are the defaults if nothing is specified).";
 
 pub const EXAMPLES: &str = "\
@@ -44,11 +48,11 @@ Examples (the kernel's ipvlan HOWTO, Documentation/networking/ipvlan.rst):
   ip netns exec ns0 ipvlan link del dev ipvl0";
 
 pub const IPVLAN_USAGE: &str = "\
-Usage: ... ipvlan [ mode MODE ] [ FLAGS ] [ source_guard on|off ]
+Usage: ... ipvlan [ mode MODE ] [ FLAGS ] [ source_guard on|off ] [ host_access on|off ]
 
 MODE: l3 | l3s | l2
 FLAGS: bridge | private | vepa
-source_guard: an ipvlan-rs extension, off by default
+source_guard, host_access: ipvlan-rs extensions, off by default
 (first values are the defaults if nothing is specified).";
 
 /// The ipvlan-specific options: `None` = attribute not sent (spec §1.4).
@@ -144,6 +148,19 @@ fn parse_ipvlan_args(words: &[String]) -> Result<IpvlanArgs, UsageError> {
             });
         } else if matches(w, "help") {
             return Err(usage(IPVLAN_USAGE));
+        } else if matches(w, "host_access") {
+            let v = it
+                .next()
+                .ok_or_else(|| usage("Command line is not complete. Try option \"help\""))?;
+            out.host_access = Some(match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    return Err(usage(format!(
+                        "Error: argument of \"host_access\" must be \"on\" or \"off\", not \"{v}\""
+                    )));
+                }
+            });
         } else {
             return Err(usage(format!(
                 "ipvlan: unknown option \"{w}\"?\n{IPVLAN_USAGE}"
@@ -152,7 +169,7 @@ fn parse_ipvlan_args(words: &[String]) -> Result<IpvlanArgs, UsageError> {
     }
     if out.mode.is_some() && out.flags.is_none() {
         // iproute2 always sends the flags attribute once any ipvlan argument is given
-        // (of its own: `source_guard` is ours).
+        // (of its own: `source_guard` and `host_access` are ours).
         out.flags = Some(Flags::Bridge);
     }
     Ok(out)
@@ -252,7 +269,7 @@ pub fn parse_link(words: &[String]) -> Result<LinkCmd, UsageError> {
             Some(a) => parse_ipvlan_args(a)?,
             None => {
                 return Err(usage(
-                    "ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ] [ source_guard on|off ]",
+                    "ipvlan link set only changes ipvlan options: ... type ipvlan [ mode MODE ] [ FLAGS ] [ source_guard on|off ] [ host_access on|off ]",
                 ));
             }
         };
@@ -424,6 +441,27 @@ mod tests {
     }
 
     #[test]
+    fn host_access_is_ours_and_sends_no_flags() {
+        let args = |s: &str| match p(s).unwrap() {
+            LinkCmd::Set { args, .. } | LinkCmd::Add { args, .. } => args,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            args("set x type ipvlan host_access on"),
+            IpvlanArgs {
+                host_access: Some(true),
+                ..Default::default()
+            }
+        );
+        let a = args("add link eth0 x type ipvlan mode l3 source_guard on ho off");
+        assert_eq!((a.source_guard, a.host_access), (Some(true), Some(false)));
+        assert!(p("set x type ipvlan host_access yes").is_err());
+        assert!(p("set x type ipvlan host_access").is_err());
+        // `h` is still `help`.
+        assert!(p("set x type ipvlan h").is_err());
+    }
+
+    #[test]
     fn source_guard_is_ours_and_sends_no_flags() {
         let args = |s: &str| match p(s).unwrap() {
             LinkCmd::Set { args, .. } | LinkCmd::Add { args, .. } => args,
@@ -441,7 +479,8 @@ mod tests {
             IpvlanArgs {
                 mode: Some(Mode::L2),
                 flags: Some(Flags::Private),
-                source_guard: Some(false)
+                source_guard: Some(false),
+                host_access: None,
             }
         );
         assert_eq!(

@@ -40,7 +40,7 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
         );
         if style.details {
             s += &format!(
-                "    ipvlan  mode {} {}{} dev_id {:#x} host-end {} backend {}{}\n",
+                "    ipvlan  mode {} {}{}{} dev_id {:#x} host-end {} backend {}{}\n",
                 l.mode.as_str(),
                 l.port_flags.as_str(),
                 if l.source_guard {
@@ -48,6 +48,7 @@ pub fn text(links: &[SlaveView], style: Style) -> String {
                 } else {
                     ""
                 },
+                if l.host_access { " host_access on" } else { "" },
                 l.dev_id,
                 l.host_end,
                 l.backend,
@@ -96,6 +97,9 @@ pub fn json(links: &[SlaveView], style: Style) -> Value {
                     if l.source_guard {
                         // An ipvlan-rs extension: absent, as from `ip`, when off.
                         data["source_guard"] = json!(true);
+                    }
+                    if l.host_access {
+                        data["host_access"] = json!(true);
                     }
                     o["linkinfo"] = json!({ "info_kind": "ipvlan", "info_data": data });
                     o["dev_id"] = json!(format!("{:#x}", l.dev_id));

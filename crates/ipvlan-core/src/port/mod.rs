@@ -76,6 +76,7 @@ pub struct Port {
     table: AddrTable,
     dev_ids: DevIdAllocator,
     source_guard: bool,
+    host_access: bool,
 }
 
 impl Port {
@@ -92,6 +93,7 @@ impl Port {
             table: AddrTable::new(),
             dev_ids: DevIdAllocator::new(),
             source_guard: false,
+            host_access: false,
         }
     }
 
@@ -116,6 +118,20 @@ impl Port {
 
     pub fn set_source_guard(&mut self, on: bool) {
         self.source_guard = on;
+    }
+
+    /// Whether host access is on: the master's namespace and the slaves reach each
+    /// other (an ipvlan-rs extension, off by default; the kernel driver keeps them
+    /// apart, spec C19). [`Decision::ToMasterStack`](crate::Decision::ToMasterStack)
+    /// and what [`Decision::Route`](crate::Decision::Route) delivers locally reach the
+    /// master namespace's stack, and its answers come back to the slave. Mode and flag
+    /// changes leave it alone.
+    pub fn host_access(&self) -> bool {
+        self.host_access
+    }
+
+    pub fn set_host_access(&mut self, on: bool) {
+        self.host_access = on;
     }
 
     /// The master's MAC changed; slaves follow it (spec C11).
@@ -280,6 +296,7 @@ impl Port {
             mode: self.mode,
             flags: self.flags,
             source_guard: self.source_guard,
+            host_access: self.host_access,
             master_mac: self.master_mac,
             table: self.table.clone(),
             slaves: self
@@ -301,6 +318,8 @@ pub struct PortSnapshot {
     pub flags: Flags,
     /// See [`Port::source_guard`].
     pub source_guard: bool,
+    /// See [`Port::host_access`].
+    pub host_access: bool,
     pub master_mac: MacAddr,
     pub table: AddrTable,
     /// In creation (dev_id allocation) order: the order multicast copies go out.

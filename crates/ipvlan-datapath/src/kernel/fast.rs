@@ -136,6 +136,7 @@ impl FastPath {
             mode: snap.mode,
             flags: snap.flags,
             source_guard: snap.source_guard,
+            host_access: snap.host_access,
             mac: snap.master_mac,
             master,
         };

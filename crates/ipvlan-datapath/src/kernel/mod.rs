@@ -22,6 +22,7 @@
 
 mod coalesce;
 mod fast;
+mod host_access;
 pub mod l3s;
 mod programs;
 mod tables;
@@ -110,6 +111,8 @@ pub struct Datapath {
     fast_failed: bool,
     /// What the last apply was given: applied again on a fallback or a restore.
     last: Option<PortInput>,
+    /// The master namespace's side of host access (both backends).
+    host_access: host_access::HostAccess,
     /// L3S routed in the kernel (see [`l3s`]).
     l3s_routing: Option<l3s::Routing>,
 }
@@ -142,6 +145,7 @@ impl Datapath {
             fast: None,
             fast_failed: false,
             last: None,
+            host_access: host_access::HostAccess::default(),
             l3s_routing: None,
         })
     }
@@ -153,11 +157,17 @@ impl Datapath {
 
     /// An address of the master's namespace came or went: the fast path reads them
     /// again (L3 egress keeps local destinations off the kernel's routing).
+    /// With host access, the proxies of an L2 port follow them too.
     pub fn local_addrs_changed(&mut self, rtnl: &mut Rtnl) -> std::io::Result<()> {
-        match &mut self.fast {
-            Some(f) => f.local_addrs_changed(rtnl),
-            None => Ok(()),
+        if let Some(f) = &mut self.fast {
+            f.local_addrs_changed(rtnl)?;
         }
+        if let Some(input) = self.last.as_ref().filter(|i| i.snap.host_access) {
+            self.host_access.read_local6(rtnl)?;
+            let l3s = self.l3s_routing.is_some();
+            self.host_access.sync(rtnl, &input.snap, &input.ends, l3s)?;
+        }
+        Ok(())
     }
 
     /// In L3S, the kernel carries the port's traffic through the master namespace's
@@ -198,13 +208,17 @@ impl Datapath {
                 &self.master_name,
                 &ends,
             ),
-            Backend::User => guard::program(
-                self.master_index,
-                &self.master_name,
-                &ends,
-                addrs.iter().copied(),
-                input.l3s.is_some(),
-            ),
+            Backend::User => {
+                let mut prog = guard::program(
+                    self.master_index,
+                    &self.master_name,
+                    &ends,
+                    addrs.iter().copied(),
+                    input.l3s.is_some(),
+                );
+                guard::add_host_access(&mut prog, snap, &ends);
+                prog
+            }
         };
         let l3s_prog = input
             .l3s
@@ -230,7 +244,22 @@ impl Datapath {
             self.kind == Backend::Kernel,
         ));
         self.sync_fast(at, &input);
+        if let Err(e) = self
+            .host_access
+            .sync_ends(at.ns, at.rtnl, &input.snap, &input.ends)
+        {
+            tracing::error!("host access for {}: {e}", self.master_name);
+        }
         self.sync_l3s_routing(at, &input);
+        // After the L3S routing, which may hand the slaves' neighbour entries over.
+        if let Err(e) = self.host_access.sync(
+            at.rtnl,
+            &input.snap,
+            &input.ends,
+            self.l3s_routing.is_some(),
+        ) {
+            tracing::error!("host access for {}: {e}", self.master_name);
+        }
         let at_once = self.nft.stage(prog, l3s_prog, Instant::now());
         self.last = Some(input);
         if at_once {
@@ -281,6 +310,7 @@ impl Datapath {
         if let Some(f) = self.fast.take() {
             f.remove(at.ns, at.rtnl, self.master_index);
         }
+        std::mem::take(&mut self.host_access).remove(at.rtnl);
         if let Err(e) = ipvlan_sys::nft::apply(at.ns, &guard::teardown(self.master_index)) {
             tracing::warn!("removing the guard of {}: {e}", self.master_name);
         }

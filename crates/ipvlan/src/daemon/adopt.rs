@@ -19,7 +19,7 @@ use super::{ALIAS_PREFIX, Daemon, Error, SlaveRec};
 /// `ipvlan-rs: host end of NAME; master=eth0 ifindex=2 dev_id=1 mode=l2 flags=bridge
 /// daemon=1a2b3c4d`, the last being the daemon's identity (its control socket), so that
 /// two daemons on one machine never take each other's slaves; ` guard=on` follows when
-/// the port's source guard is on.
+/// the port's source guard is on, ` host=on` when its host access is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mark {
     pub owner: String,
@@ -29,20 +29,22 @@ pub struct Mark {
     pub mode: Mode,
     pub flags: Flags,
     pub source_guard: bool,
+    pub host_access: bool,
 }
 
 impl Mark {
     /// The alias; `master` is the master's name (for people reading `ip link`).
     pub fn alias(&self, master: &str) -> String {
         format!(
-            "{ALIAS_PREFIX} host end of {}; master={master} ifindex={} dev_id={} mode={} flags={} daemon={}{}",
+            "{ALIAS_PREFIX} host end of {}; master={master} ifindex={} dev_id={} mode={} flags={} daemon={}{}{}",
             self.slave,
             self.master_index,
             self.dev_id.0,
             self.mode.as_str(),
             self.flags.as_str(),
             self.owner,
-            if self.source_guard { " guard=on" } else { "" }
+            if self.source_guard { " guard=on" } else { "" },
+            if self.host_access { " host=on" } else { "" }
         )
     }
 
@@ -71,6 +73,7 @@ impl Mark {
             mode: get("mode")?.parse().ok()?,
             flags: get("flags")?.parse().ok()?,
             source_guard: get("guard") == Some("on"),
+            host_access: get("host") == Some("on"),
         })
     }
 }
@@ -130,6 +133,7 @@ impl Daemon {
         let port = &mut self.ports[k].port;
         port.apply_changelink(Some(first.mode), Some(first.flags));
         port.set_source_guard(first.source_guard);
+        port.set_host_access(first.host_access);
         let mut ids = Vec::new();
         for (mark, host) in ends {
             let id = mark.dev_id;
@@ -196,6 +200,7 @@ mod tests {
             mode: Mode::L3s,
             flags: Flags::Private,
             source_guard: false,
+            host_access: false,
         };
         let a = m.alias("eth0");
         assert_eq!(
@@ -207,6 +212,9 @@ mod tests {
         assert_eq!(Mark::parse(&a.replace("mode=l3s", "mode=l4")), None);
         m.source_guard = true;
         assert!(m.alias("eth0").ends_with(" guard=on"));
+        assert_eq!(Mark::parse(&m.alias("eth0")), Some(m.clone()));
+        m.host_access = true;
+        assert!(m.alias("eth0").ends_with(" guard=on host=on"));
         assert_eq!(Mark::parse(&m.alias("eth0")), Some(m));
     }
 }

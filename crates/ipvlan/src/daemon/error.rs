@@ -52,6 +52,12 @@ pub enum Error {
     Vanished(String),
     #[error("Error: cannot find the master's new namespace")]
     NamespaceGone,
+    /// Host access cannot come on while a slave has an address of the master's
+    /// namespace.
+    #[error(
+        "Error: host_access on: {0} is an address of a slave and of the master's namespace (RTNETLINK answers: Address already in use)."
+    )]
+    HostAddrClash(std::net::IpAddr),
     /// The kernel refused a request (its errno is in the source).
     #[error(transparent)]
     Kernel(#[from] RtnlError),

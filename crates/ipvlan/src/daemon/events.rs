@@ -272,6 +272,16 @@ impl Daemon {
                 .unwrap_or_default()
         };
         let (slave, master) = (name(p, id), p.master_name.clone());
+        if self.host_clash(k, a.ip) {
+            let _ = self.with_slave_rtnl(k, id, |rt, _| rt.del_addr(&a));
+            let addr = a.ip;
+            return self.notify(Notice::AddrRefusedHost {
+                slave,
+                master,
+                addr,
+            });
+        }
+        let p = &mut self.ports[k];
         match p.port.add_addr(id, a.ip) {
             Ok(()) => self.notify(Notice::AddrLearned {
                 slave,

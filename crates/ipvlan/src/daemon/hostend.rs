@@ -1,6 +1,7 @@
 //! What a host end must be, and making it so.
 //!
-//! A host end is the daemon's: up while its master runs, MTU [`HOST_END_MTU`], NOARP,
+//! A host end is the daemon's: up while its master runs, MTU [`HOST_END_MTU`], NOARP
+//! (ARP on instead while its port's host access is on, see `ipvlan_datapath`),
 //! no controller, no addresses (IPv6 address generation off), and the alias that marks
 //! it as ours ([`Mark`]). [`repair`] says what must change on a host end as it is;
 //! [`make_host_end`] reads it and writes that, and is used wherever a host end is
@@ -54,9 +55,13 @@ pub(super) fn repair(link: &Link, addrs: &[Addr], want: &Want) -> Repair {
         r.up = true;
         r.what.push("set down".to_string());
     }
-    if link.flags & IFF_NOARP == 0 {
+    if link.flags & IFF_NOARP == 0 && !want.mark.host_access {
         r.change.flags_set |= IFF_NOARP;
         r.what.push("ARP turned on".to_string());
+    }
+    if link.flags & IFF_NOARP != 0 && want.mark.host_access {
+        r.change.flags_clear |= IFF_NOARP;
+        r.what.push("ARP turned off".to_string());
     }
     if link.mtu != HOST_END_MTU {
         r.change.mtu = Some(HOST_END_MTU);
@@ -116,7 +121,12 @@ pub(super) fn make_host_end(
         rt.set_link(index, &detach)?;
     }
     let c = &r.change;
-    if c.flags_set != 0 || c.mtu.is_some() || c.alias.is_some() || c.ipv6_autoconf.is_some() {
+    if c.flags_set != 0
+        || c.flags_clear != 0
+        || c.mtu.is_some()
+        || c.alias.is_some()
+        || c.ipv6_autoconf.is_some()
+    {
         rt.set_link(index, c)?;
     }
     if r.up {
@@ -159,6 +169,7 @@ impl Daemon {
                 mode: p.port.mode(),
                 flags: p.port.flags(),
                 source_guard: p.port.source_guard(),
+                host_access: p.port.host_access(),
             },
             master_name: p.master_name.clone(),
             up,
@@ -215,6 +226,7 @@ mod tests {
                 mode: Mode::L2,
                 flags: Flags::Bridge,
                 source_guard: false,
+                host_access: false,
             },
             master_name: "eth0".into(),
             up: true,
@@ -269,6 +281,19 @@ mod tests {
         assert_eq!(r.change.ipv6_autoconf, Some(false));
         assert_eq!(r.change.alias, Some(w.mark.alias("eth0")));
         assert_eq!(r.change.mtu, None);
+    }
+
+    #[test]
+    fn with_host_access_a_host_end_answers_arp() {
+        let mut w = want();
+        w.mark.host_access = true;
+        let mut link = good();
+        link.alias = Some(w.mark.alias(&w.master_name));
+        let r = repair(&link, &[], &w);
+        assert_eq!(r.change.flags_clear, IFF_NOARP);
+        assert_eq!(r.what, ["ARP turned off"]);
+        link.flags = IFF_UP;
+        assert!(repair(&link, &[], &w).what.is_empty());
     }
 
     #[test]

@@ -54,6 +54,7 @@ mod control;
 mod error;
 mod event_loop;
 mod events;
+mod host_access;
 mod hostend;
 mod l3s;
 mod master;
@@ -115,6 +116,7 @@ struct Settings {
     mode: Mode,
     flags: Flags,
     source_guard: bool,
+    host_access: bool,
 }
 
 impl Settings {
@@ -123,12 +125,14 @@ impl Settings {
             mode: port.mode(),
             flags: port.flags(),
             source_guard: port.source_guard(),
+            host_access: port.host_access(),
         }
     }
 
     fn restore(self, port: &mut Port) {
         port.apply_changelink(Some(self.mode), Some(self.flags));
         port.set_source_guard(self.source_guard);
+        port.set_host_access(self.host_access);
     }
 }
 

@@ -122,6 +122,7 @@ impl Daemon {
                 mode: now.mode,
                 flags: now.flags,
                 source_guard: now.source_guard,
+                host_access: now.host_access,
             });
         }
     }

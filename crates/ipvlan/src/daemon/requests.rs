@@ -69,6 +69,10 @@ impl Requests for Daemon {
         };
         if !self.ports.contains(k) {
             self.new_port(caller, &m)?;
+        } else if conf.host_access == Some(true)
+            && let Some(ip) = self.host_clashes(k)
+        {
+            return Err(Error::HostAddrClash(ip));
         }
         let result = self.add_to_port(k, caller, name, mtu, conf);
         if result.is_err() && self.ports.get(k).is_some_and(|p| p.slaves.is_empty()) {
@@ -79,11 +83,19 @@ impl Requests for Daemon {
 
     fn set(&mut self, caller: &NetNs, dev: &str, conf: PortArgs) -> Result<(), Error> {
         let (k, _) = self.resolve_dev(caller, dev)?;
+        if conf.host_access == Some(true)
+            && let Some(ip) = self.host_clashes(k)
+        {
+            return Err(Error::HostAddrClash(ip));
+        }
         let port = &mut self.ports[k].port;
         let old = Settings::of(port);
         let changed = port.apply_changelink(conf.mode, conf.flags);
         if let Some(on) = conf.source_guard {
             port.set_source_guard(on);
+        }
+        if let Some(on) = conf.host_access {
+            port.set_host_access(on);
         }
         if let Err(e) = self.sync_l3s(k) {
             old.restore(&mut self.ports[k].port);
@@ -243,6 +255,9 @@ impl Daemon {
         if let Some(on) = conf.source_guard {
             p.port.set_source_guard(on);
         }
+        if let Some(on) = conf.host_access {
+            p.port.set_host_access(on);
+        }
         if let Err(e) = self.sync_l3s(k) {
             // As the kernel does when the L3S hooks cannot be registered: the new
             // slave is torn down and the port keeps its mode.
@@ -340,6 +355,7 @@ impl Daemon {
                     mode: p.port.mode(),
                     port_flags: p.port.flags(),
                     source_guard: p.port.source_guard(),
+                    host_access: p.port.host_access(),
                     dev_id: id.0,
                     host_end: rec.host_name.clone(),
                     addrs: state
