@@ -9,7 +9,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -21,26 +20,6 @@ use nix::sys::signal::Signal;
 const HOST: u32 = 2;
 /// The slave's: 10.X.0.10 and fd00:X::10.
 const SLAVE: u32 = 10;
-
-/// Loads `rules` (one nftables table) into namespace `ns`.
-fn nft(ns: &str, rules: &str) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("start nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("write nft rules");
-    assert!(
-        child.wait().expect("nft ran").success(),
-        "nft -f in {ns}:\n{rules}"
-    );
-}
 
 /// Counts, at the router's ingress, every IP packet between HOST and the slave in
 /// either direction (`hs4`, `hs6`), and HOST's own ones to the router (`own4`).

@@ -66,29 +66,6 @@ fn setup() -> Routed {
     }
 }
 
-/// Loads `rules` (one nftables table) into namespace `ns`.
-fn nft(ns: &str, rules: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("write nft rules");
-    let out = child.wait_with_output().expect("nft ran");
-    assert!(
-        out.status.success(),
-        "nft -f in {ns} failed: {}\n{rules}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Packets counted by the named counter `name` of table `inet t` in `ns`.
 fn counted(ns: &str, name: &str) -> u64 {
     let v = json(&format!(

@@ -79,29 +79,6 @@ fn setup() -> L3s {
     setup_on(topology())
 }
 
-/// Loads `rules` into namespace `ns`.
-fn nft(ns: &str, rules: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("write nft rules");
-    let out = child.wait_with_output().expect("nft ran");
-    assert!(
-        out.status.success(),
-        "nft -f in {ns} failed: {}\n{rules}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// HOST's conntrack table for one family (`-f ipv4|ipv6`).
 fn conntrack(ns: &str, family: &str) -> String {
     stdout(&sh(&format!(

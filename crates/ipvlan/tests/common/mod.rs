@@ -845,3 +845,27 @@ pub fn drops(t: &Topo, dev: &str, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {dev} in `ipvlan -j -s link show`: {list:?}"));
     e["stats64"]["drops"][reason].as_u64().unwrap_or(0)
 }
+
+/// Loads `rules` (an nftables script) into namespace `ns` with `nft -f -`; panics with
+/// nft's error and the script if it refuses them.
+pub fn nft(ns: &str, rules: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("write nft rules");
+    let out = child.wait_with_output().expect("nft ran");
+    assert!(
+        out.status.success(),
+        "nft -f in {ns} failed: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
