@@ -12,13 +12,16 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "support/ipvlan_binary.rs"]
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -123,43 +126,6 @@ fn ping(ns: &str, addr: &str) -> bool {
     })
 }
 
-/// The `ipvlan` binary (the daemon), built if this test run did not build it: `cargo
-/// test -p ipvlan-cni` builds only this package's binaries.
-fn ipvlan_binary() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = &*built {
-        return p.clone();
-    }
-    let dir = Path::new(PLUGIN).parent().expect("a target directory");
-    let bin = dir.join("ipvlan");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "ipvlan",
-        "--bin",
-        "ipvlan",
-        "--manifest-path",
-    ])
-    .arg(&manifest);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    // On a fresh checkout this compiles the daemon: give it time.
-    let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(900));
-    assert!(
-        out.status.success() && bin.is_file(),
-        "building the ipvlan daemon binary failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    *built = Some(bin.clone());
-    bin
-}
-
 // ---------------------------------------------------------------------------------------
 // The world: namespaces and a daemon
 // ---------------------------------------------------------------------------------------
@@ -181,7 +147,7 @@ struct World {
 impl World {
     fn new(n: usize) -> World {
         require_root();
-        let bin = ipvlan_binary();
+        let bin = support::ipvlan_binary(PLUGIN);
         let k = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let prefix = format!("cni{:04}{k}", pid % 10000);

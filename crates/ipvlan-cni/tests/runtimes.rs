@@ -18,6 +18,9 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "support/ipvlan_binary.rs"]
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -118,35 +121,6 @@ fn at_once(addrs: &[&str]) -> String {
     cmd + &waits.join(" && ")
 }
 
-/// The `ipvlan` binary (the daemon), built if this test run did not build it.
-fn ipvlan_binary() -> PathBuf {
-    let dir = Path::new(PLUGIN).parent().expect("a target directory");
-    let bin = dir.join("ipvlan");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "ipvlan",
-        "--bin",
-        "ipvlan",
-        "--manifest-path",
-    ])
-    .arg(&manifest);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().expect("running cargo");
-    assert!(
-        out.status.success() && bin.is_file(),
-        "building the ipvlan daemon binary failed:\n{}",
-        text(&out.stderr)
-    );
-    bin
-}
-
 // ---------------------------------------------------------------------------------------
 // The scratch world
 // ---------------------------------------------------------------------------------------
@@ -170,7 +144,7 @@ struct World {
 
 impl World {
     fn new(tag: &str) -> World {
-        let ipvlan = ipvlan_binary();
+        let ipvlan = support::ipvlan_binary(PLUGIN);
         let prefix = format!("{tag}{:05}", std::process::id() % 100_000);
         let dir = PathBuf::from(format!("/tmp/ipvlan-rs-test-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -17,6 +17,9 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "../../ipvlan-cni/tests/support/ipvlan_binary.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -129,35 +132,6 @@ fn ok(cmd: &str) -> String {
     text(&out)
 }
 
-/// The `ipvlan` binary (the daemon), built if this test run did not build it.
-fn ipvlan_binary() -> PathBuf {
-    let dir = Path::new(PLUGIN).parent().expect("a target directory");
-    let bin = dir.join("ipvlan");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "ipvlan",
-        "--bin",
-        "ipvlan",
-        "--manifest-path",
-    ])
-    .arg(&manifest);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = run(&mut cmd);
-    assert!(
-        out.status.success() && bin.is_file(),
-        "building the ipvlan daemon binary failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
-
 // ---------------------------------------------------------------------------------------
 // The world: namespaces, the ipvlan daemon, the plugin, dockerd
 // ---------------------------------------------------------------------------------------
@@ -177,7 +151,7 @@ struct World {
 impl World {
     fn new() -> World {
         require_root_and_docker();
-        let ipvlan = ipvlan_binary();
+        let ipvlan = support::ipvlan_binary(PLUGIN);
         let prefix = format!("dk{:05}", std::process::id() % 100_000);
         let dir = PathBuf::from(format!("/tmp/ipvlan-rs-test-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
