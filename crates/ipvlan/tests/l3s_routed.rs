@@ -476,3 +476,54 @@ fn l3s_routing_goes_with_the_port() {
         leftovers(&h, table)
     );
 }
+
+/// Host access switched on and off on a port already routing L3S: ROUTER keeps reaching
+/// the slave through HOST (the routed ingress's neighbour entries outlive the host
+/// end's ARP flag changing under them), and HOST reaches it while the switch is on.
+#[test]
+fn l3s_routing_survives_host_access_switching() {
+    let s = setup();
+    let (t, h, r, s1) = (
+        &s.t,
+        s.t.host.clone(),
+        s.t.router.clone(),
+        s.t.ns(0).to_string(),
+    );
+    let switch = |on: &str| {
+        let out = t.ipvlan(
+            &s1,
+            &[
+                "link",
+                "set",
+                "dev",
+                &s.dev,
+                "type",
+                "ipvlan",
+                "host_access",
+                on,
+            ],
+        );
+        assert!(out.status.success(), "host_access {on}: {}", stderr(&out));
+    };
+    let router_reaches = |when: &str| {
+        for a in [&s.s4, &s.s6] {
+            assert!(
+                reaches(&r, a),
+                "ROUTER cannot reach the slave's {a} {when}\n{}",
+                t.diag()
+            );
+        }
+    };
+    router_reaches("before host access");
+    switch("on");
+    router_reaches("with host access on");
+    for a in [&s.s4, &s.s6] {
+        assert!(
+            reaches(&h, a),
+            "HOST cannot reach the slave's {a} with host access on\n{}",
+            t.diag()
+        );
+    }
+    switch("off");
+    router_reaches("after host access went off");
+}

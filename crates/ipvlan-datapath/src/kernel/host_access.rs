@@ -65,27 +65,32 @@ fn link_local(ip: &IpAddr) -> bool {
 impl HostAccess {
     /// Makes the host ends what host access needs, or what they are without it: before
     /// [`Self::sync`], and before the L3S routing adds its neighbour entries (a MAC
-    /// change flushes a device's neighbours).
+    /// change flushes a device's neighbours). Returns the host ends whose neighbour
+    /// entries the kernel flushed on the way (a new MAC, ARP switched on or off), so the
+    /// L3S routing puts its own back.
     pub fn sync_ends(
         &mut self,
         ns: &NetNs,
         rtnl: &mut Rtnl,
         snap: &PortSnapshot,
         ends: &[HostEnd],
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<BTreeSet<u32>> {
         let mac = snap.master_mac.0;
         // In L3S a host end must not carry the master's MAC: what the slave sends is
         // `PACKET_HOST` there only when the fast path makes it so.
         let wear = (snap.mode != Mode::L3s).then_some(mac);
         let state = snap.host_access.then_some(wear);
+        let mut flushed = BTreeSet::new();
         for end in ends {
-            if self.ends.get(&end.index).copied() != state {
-                self.set_up(ns, rtnl, end, state, mac)?;
+            if self.ends.get(&end.index).copied() != state
+                && self.set_up(ns, rtnl, end, state, mac)?
+            {
+                flushed.insert(end.index);
             }
         }
         let indices: BTreeSet<u32> = ends.iter().map(|e| e.index).collect();
         self.ends.retain(|i, _| indices.contains(i));
-        Ok(())
+        Ok(flushed)
     }
 
     /// Brings the routes, neighbour and proxy entries in line with `snap` and its host
@@ -174,7 +179,8 @@ impl HostAccess {
 
     /// Makes host end `end` what host access needs (`state`: `Some(Some(MAC))` ARP on
     /// and carrying the master's MAC, `Some(None)` ARP on only) or what it is without
-    /// (`None`: NOARP, and not the master's MAC `master`).
+    /// (`None`: NOARP, and not the master's MAC `master`). True when that flushed the
+    /// device's neighbour entries (the kernel does on a new MAC or a NOARP change).
     fn set_up(
         &mut self,
         ns: &NetNs,
@@ -182,12 +188,12 @@ impl HostAccess {
         end: &HostEnd,
         state: Option<Option<[u8; 6]>>,
         master: [u8; 6],
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
         let Some(link) = rtnl
             .link_by_index(end.index)
             .map_err(std::io::Error::other)?
         else {
-            return Ok(());
+            return Ok(false);
         };
         let mut change = LinkChange::default();
         let noarp = link.flags & IFF_NOARP != 0;
@@ -212,12 +218,10 @@ impl HostAccess {
             }
             _ => {}
         }
-        if change.flags_set != 0 || change.flags_clear != 0 || change.mac.is_some() {
+        let flushes = change.flags_set != 0 || change.flags_clear != 0 || change.mac.is_some();
+        if flushes {
             rtnl.set_link(end.index, &change)
                 .map_err(std::io::Error::other)?;
-        }
-        if change.mac.is_some() {
-            // A new MAC flushes the device's neighbours.
             self.entries
                 .retain(|(k, e)| e.index != end.index || !matches!(k, OwnKind::Neighbour(_)));
         }
@@ -231,7 +235,7 @@ impl HostAccess {
                 self.ends.remove(&end.index);
             }
         }
-        Ok(())
+        Ok(flushes)
     }
 
     /// An address of the master's namespace came or went: the proxies follow (L2).

@@ -104,6 +104,12 @@ impl Routing {
         }
     }
 
+    /// The kernel flushed the neighbour entries of host ends `indices`: the next
+    /// [`Self::sync`] puts the slaves' back (their routes are still there).
+    pub fn neighbours_flushed(&mut self, indices: &BTreeSet<u32>) {
+        self.routes.retain(|_, (index, _)| !indices.contains(index));
+    }
+
     /// Brings routes, neighbour entries, rules and sysctls in line with the port:
     /// `ends` are its host ends (slave, ifindex, name).
     pub fn sync(

@@ -244,11 +244,16 @@ impl Datapath {
             self.kind == Backend::Kernel,
         ));
         self.sync_fast(at, &input);
-        if let Err(e) = self
+        match self
             .host_access
             .sync_ends(at.ns, at.rtnl, &input.snap, &input.ends)
         {
-            tracing::error!("host access for {}: {e}", self.master_name);
+            Ok(flushed) => {
+                if let Some(r) = &mut self.l3s_routing {
+                    r.neighbours_flushed(&flushed);
+                }
+            }
+            Err(e) => tracing::error!("host access for {}: {e}", self.master_name),
         }
         self.sync_l3s_routing(at, &input);
         // After the L3S routing, which may hand the slaves' neighbour entries over.
