@@ -44,14 +44,18 @@ const RTM_NEWMULTICAST: u16 = 56;
 const RTM_DELMULTICAST: u16 = 57;
 const RTM_GETMULTICAST: u16 = 58;
 const IFA_MULTICAST: u16 = 7;
+const RTM_NEWNETCONF: u16 = 80;
+const RTM_DELNETCONF: u16 = 81;
 const SOL_NETLINK: i32 = 270;
 const NETLINK_LISTEN_ALL_NSID: i32 = 8;
 
 /// rtnetlink multicast groups a [`Monitor`] joins.
-const GROUPS: [u32; 5] = [
+const GROUPS: [u32; 7] = [
     1,  // RTNLGRP_LINK
     5,  // RTNLGRP_IPV4_IFADDR
     9,  // RTNLGRP_IPV6_IFADDR
+    24, // RTNLGRP_IPV4_NETCONF
+    25, // RTNLGRP_IPV6_NETCONF
     37, // RTNLGRP_IPV4_MCADDR
     38, // RTNLGRP_IPV6_MCADDR
 ];
@@ -175,6 +179,9 @@ pub enum Event {
     DelAddr(Addr),
     NewMcast(Mcast),
     DelMcast(Mcast),
+    /// A per-device or namespace-wide setting (forwarding, rp_filter, ...) changed:
+    /// `RTM_NEWNETCONF` of this family (`AF_INET`, `AF_INET6`); read the sysctls again.
+    Netconf(u8),
     /// The socket overflowed: events were lost, state must be read again.
     Overrun,
 }
@@ -259,7 +266,12 @@ pub enum RtnlMessage {
         index: u32,
         group: Option<IpAddr>,
     },
+    /// `RTM_{NEW,DEL}NETCONF`: a `netconfmsg` (family); its attributes are not read.
+    Netconf { message_type: u16, family: u8 },
 }
+
+/// Length of `struct netconfmsg` (one byte), aligned.
+const NETCONFMSG_LEN: usize = 4;
 
 /// Length of `struct ifaddrmsg`.
 const IFADDRMSG_LEN: usize = 8;
@@ -268,7 +280,7 @@ impl NetlinkSerializable for RtnlMessage {
     fn message_type(&self) -> u16 {
         match self {
             Self::Route(m) => m.message_type(),
-            Self::Mcast { message_type, .. } => *message_type,
+            Self::Mcast { message_type, .. } | Self::Netconf { message_type, .. } => *message_type,
         }
     }
 
@@ -278,6 +290,7 @@ impl NetlinkSerializable for RtnlMessage {
             Self::Mcast { group, .. } => {
                 IFADDRMSG_LEN + group.map_or(0, |g| 4 + if g.is_ipv4() { 4 } else { 16 })
             }
+            Self::Netconf { .. } => NETCONFMSG_LEN,
         }
     }
 
@@ -304,6 +317,10 @@ impl NetlinkSerializable for RtnlMessage {
                     buffer[12..].copy_from_slice(&octets);
                 }
             }
+            Self::Netconf { family, .. } => {
+                buffer[..NETCONFMSG_LEN].fill(0);
+                buffer[0] = *family;
+            }
         }
     }
 }
@@ -326,6 +343,12 @@ impl NetlinkDeserializable for RtnlMessage {
                     group,
                 })
             }
+            RTM_NEWNETCONF | RTM_DELNETCONF => Ok(Self::Netconf {
+                message_type: header.message_type,
+                family: *payload
+                    .first()
+                    .ok_or_else(|| DecodeError::from("an empty netconf message"))?,
+            }),
             _ => RouteNetlinkMessage::deserialize(header, payload).map(Self::Route),
         }
     }
@@ -444,6 +467,11 @@ fn mcast_of(msg: RtnlMessage) -> Option<(u16, Mcast)> {
 
 fn to_event(msg: RtnlMessage) -> Option<Event> {
     match msg {
+        RtnlMessage::Netconf {
+            message_type: RTM_NEWNETCONF,
+            family,
+        } => Some(Event::Netconf(family)),
+        RtnlMessage::Netconf { .. } => None,
         RtnlMessage::Mcast { .. } => match mcast_of(msg)? {
             (RTM_DELMULTICAST, m) => Some(Event::DelMcast(m)),
             (_, m) => Some(Event::NewMcast(m)),

@@ -34,6 +34,10 @@ pub struct Args {
     /// Rounds; each runs every variant once, in alternation.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// How many of the rounds (the first ones) also measure the slave-count figures (500
+    /// slaves, memory, 1000 creates and deletes), which take minutes [default: all].
+    #[arg(long, value_name = "N")]
+    scale_rounds: Option<usize>,
     /// Seconds per iperf3 run [default: 5; 2 with --quick].
     #[arg(long)]
     seconds: Option<u64>,
@@ -707,6 +711,8 @@ struct Plan {
     round_trips: usize,
     many: usize,
     mem_counts: [usize; 3],
+    /// Rounds up to this one measure the slave-count figures.
+    scale_rounds: usize,
 }
 
 fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
@@ -816,8 +822,8 @@ fn run_variant(v: &Variant, plan: &Plan, rec: &mut Rec) -> anyhow::Result<()> {
         Err(e) => rec.fail(v, "host→slave (host_access / macvlan shim)", e),
     }
 
-    if v.routed() {
-        return Ok(()); // the slave-count figures are measured in l2 only
+    if v.routed() || rec.round > plan.scale_rounds {
+        return Ok(()); // the slave-count figures: in l2 only, in the first scale rounds
     }
     // The same TCP slave→slave with `many` slaves on the master: the rest idle, up, in HOST.
     let idle: Vec<String> = (2..plan.many).map(|i| format!("idle{i}")).collect();
@@ -1087,6 +1093,7 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<()> {
         round_trips: if args.quick { 2000 } else { 20000 },
         many: scale(500).max(2),
         mem_counts: [1, scale(100), scale(1000)],
+        scale_rounds: args.scale_rounds.unwrap_or(rounds),
     };
     let mut variants = vec![Variant {
         backend: None,

@@ -263,25 +263,24 @@ fn l3s_keeps_flowing_while_the_daemon_is_dead() {
     s.t.assert_ping(&s1, &s.t.router_v4());
 }
 
-/// A namespace FAR behind HOST (10.X.150.0/24, fd00:X:150::/64 on a veth of HOST's):
-/// whether ROUTER reaches it through HOST depends on HOST's forwarding as it was when
-/// the L3S port came: yes where HOST forwarded, not where it did not.
-#[test]
-fn l3s_leaves_the_hosts_forwarding_as_it_was() {
-    let t = topology();
+/// FAR, deleted on every way out (its veth with it).
+struct Far(String);
+
+impl Drop for Far {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {}", self.0));
+    }
+}
+
+/// A namespace FAR behind HOST (10.X.150.2/24, fd00:X:150::2/64 on a veth of HOST's),
+/// ROUTER's routes to it via HOST; its IPv4 and IPv6 address.
+fn far_behind_host(t: &Topo) -> (Far, String, String) {
     let x = t.x;
     let (h, r) = (t.host.clone(), t.router.clone());
     let far = format!("{}-far", t.prefix);
-    // Deleted on every way out, the namespace's veth with it.
-    struct Far(String);
-    impl Drop for Far {
-        fn drop(&mut self) {
-            let _ = sh(&format!("ip netns del {}", self.0));
-        }
-    }
     let _ = sh(&format!("ip netns del {far}"));
     ok(&format!("ip netns add {far}"));
-    let _far = Far(far.clone());
+    let guard = Far(far.clone());
     sysctl(&far, "net.ipv6.conf.all.accept_dad", "0");
     sysctl(&far, "net.ipv6.conf.default.accept_dad", "0");
     ok(&format!(
@@ -311,7 +310,17 @@ fn l3s_leaves_the_hosts_forwarding_as_it_was() {
         "ip -n {r} -6 route add fd00:{x}:150::/64 via {}",
         t.v6(2)
     ));
-    let (far4, far6) = (format!("10.{x}.150.2"), format!("fd00:{x}:150::2"));
+    (guard, format!("10.{x}.150.2"), format!("fd00:{x}:150::2"))
+}
+
+/// Whether ROUTER reaches FAR through HOST depends on HOST's forwarding as it was when
+/// the L3S port came: yes where HOST forwarded, not where it did not.
+#[test]
+fn l3s_leaves_the_hosts_forwarding_as_it_was() {
+    let t = topology();
+    let (h, r) = (t.host.clone(), t.router.clone());
+    let (far_ns, far4, far6) = far_behind_host(&t);
+    let far = far_ns.0.clone();
     let set_forwarding = |on: &str| {
         sysctl(&h, "net.ipv4.conf.all.forwarding", on);
         sysctl(&h, "net.ipv6.conf.all.forwarding", on);
@@ -526,4 +535,55 @@ fn l3s_routing_survives_host_access_switching() {
     }
     switch("off");
     router_reaches("after host access went off");
+}
+
+/// HOST's forwarding changed while an L3S port is there: turned on for everything (as
+/// Docker does with `ip_forward=1`), ROUTER reaches FAR through HOST, as HOST now
+/// wants; turned off again, it does not, and the slave stays reachable all along
+/// (the kernel turns every device's forwarding off, the port's own included).
+#[test]
+fn l3s_follows_the_hosts_forwarding() {
+    let t = topology();
+    let (h, r) = (t.host.clone(), t.router.clone());
+    let (_far, far4, far6) = far_behind_host(&t);
+    let s = setup_on(t);
+    let t = &s.t;
+    let set_forwarding = |on: &str| {
+        sysctl(&h, "net.ipv4.conf.all.forwarding", on);
+        sysctl(&h, "net.ipv6.conf.all.forwarding", on);
+    };
+    let slave_reachable = |when: &str| {
+        for a in [&s.s4, &s.s6] {
+            assert!(
+                reaches(&r, a),
+                "ROUTER cannot reach the slave's {a} {when}\n{}",
+                t.diag()
+            );
+        }
+    };
+    slave_reachable("with the port made");
+    for a in [&far4, &far6] {
+        assert!(
+            !ping(&r, a),
+            "ROUTER reached {a} through HOST that does not forward"
+        );
+    }
+    set_forwarding("1");
+    for a in [&far4, &far6] {
+        assert!(
+            reaches(&r, a),
+            "ROUTER cannot reach {a} once HOST forwards everything\n{}",
+            t.diag()
+        );
+    }
+    slave_reachable("once HOST forwards everything");
+    set_forwarding("0");
+    slave_reachable("after HOST turned forwarding off for everything");
+    for a in [&far4, &far6] {
+        assert!(
+            !ping(&r, a),
+            "ROUTER reached {a} after HOST turned forwarding off\n{}",
+            t.diag()
+        );
+    }
 }

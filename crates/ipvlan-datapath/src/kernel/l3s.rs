@@ -21,6 +21,12 @@
 //!   the master that is not local; IPv6 the same with `force_forwarding` (only where
 //!   `net.ipv6.conf.all.forwarding` is 0). The blackhole rule is also the record that
 //!   the sysctl was ours to restore, which a daemon started later reads back.
+//! * Forwarding settings changed later (the kernel announces them, `ip monitor
+//!   netconf`) are followed ([`Routing::follow_forwarding`]): when the host turns
+//!   forwarding on for everything (`net.ipv4.ip_forward=1`, as Docker does) the blackhole
+//!   rule goes and the master's setting is the host's; when forwarding is turned off
+//!   for everything (which the kernel writes into every device) the host ends and the
+//!   master get theirs back, the master with the blackhole rule again.
 //!
 //! Everything is removed when the port leaves L3S or goes away; host ends get their
 //! sysctls back (or go with their slaves).
@@ -40,6 +46,32 @@ pub const TABLE_BASE: u32 = 0x1a5c_0000;
 pub const RULE_PREF: u32 = 995;
 /// `EEXIST`: the route or rule is there already.
 const EEXIST: i32 = 17;
+
+/// `ENOENT`: the rule is gone already.
+const ENOENT: i32 = 2;
+
+/// What to do about the master's forwarding of one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MasterStep {
+    /// Nothing: it forwards by the host's own setting, or by ours as it should.
+    Leave,
+    /// Turn it on (where it is off) and blackhole everything else arriving on it: the
+    /// setting is ours.
+    Take,
+    /// The host forwards on purpose now: the blackhole rule goes, the setting is the
+    /// host's.
+    Release,
+}
+
+/// From what is read: `host` forwards everything (`conf/all/forwarding`), the master
+/// forwards (its own setting or, for IPv6, `all`), the setting is `ours`.
+fn master_step(host: bool, master: bool, ours: bool) -> MasterStep {
+    match (ours, host, master) {
+        (true, true, _) => MasterStep::Release,
+        (true, false, _) | (false, _, false) => MasterStep::Take,
+        (false, _, true) => MasterStep::Leave,
+    }
+}
 
 /// The routing table of the port whose master has this ifindex.
 pub fn table(master_index: u32) -> u32 {
@@ -166,24 +198,65 @@ impl Routing {
         if !self.ruled {
             for v6 in [false, true] {
                 exists_ok(rtnl.iif_rule(true, v6, &self.master_name, Some(self.table), RULE_PREF))?;
-                let on = if v6 {
-                    read(ns, "/proc/sys/net/ipv6/conf/all/forwarding")? != "0"
-                        || read(
-                            ns,
-                            &sysctl_path(true, &self.master_name, "force_forwarding"),
-                        )? != "0"
-                } else {
-                    read(ns, &sysctl_path(false, &self.master_name, "forwarding"))? != "0"
-                };
-                let ours = self.master_forwarding[usize::from(v6)];
-                if !on || ours {
-                    exists_ok(rtnl.iif_rule(true, v6, &self.master_name, None, RULE_PREF + 1))?;
-                    let key = if v6 { "force_forwarding" } else { "forwarding" };
-                    write(ns, &sysctl_path(v6, &self.master_name, key), "1")?;
-                    self.master_forwarding[usize::from(v6)] = true;
+            }
+            self.master_forwarding(ns, rtnl)?;
+            self.ruled = true;
+        }
+        Ok(())
+    }
+
+    /// A forwarding setting of the namespace changed: the host ends' and the master's
+    /// are brought back in line (see the module's notes).
+    pub fn follow_forwarding(&mut self, ns: &NetNs, rtnl: &mut Rtnl) -> io::Result<()> {
+        if !self.ruled {
+            return Ok(());
+        }
+        for (_, name) in &self.forwarding {
+            for (v6, key) in [(false, "forwarding"), (true, "force_forwarding")] {
+                let path = sysctl_path(v6, name, key);
+                // A host end that went took its sysctls with it.
+                if read(ns, &path).is_ok_and(|v| v == "0") {
+                    write(ns, &path, "1")?;
                 }
             }
-            self.ruled = true;
+        }
+        self.master_forwarding(ns, rtnl)
+    }
+
+    /// Makes the master forward the slaves' traffic, per family: see [`master_step`].
+    fn master_forwarding(&mut self, ns: &NetNs, rtnl: &mut Rtnl) -> io::Result<()> {
+        for v6 in [false, true] {
+            let fam = if v6 { "ipv6" } else { "ipv4" };
+            let host = read(ns, &format!("/proc/sys/net/{fam}/conf/all/forwarding"))? != "0";
+            let key = if v6 { "force_forwarding" } else { "forwarding" };
+            let own = sysctl_path(v6, &self.master_name, key);
+            let master = read(ns, &own)? != "0" || (v6 && host);
+            let ours = &mut self.master_forwarding[usize::from(v6)];
+            match master_step(host, master, *ours) {
+                MasterStep::Leave => {}
+                MasterStep::Take => {
+                    exists_ok(rtnl.iif_rule(true, v6, &self.master_name, None, RULE_PREF + 1))?;
+                    if read(ns, &own)? == "0" {
+                        write(ns, &own, "1")?;
+                    }
+                    *ours = true;
+                }
+                MasterStep::Release => {
+                    match rtnl.iif_rule(false, v6, &self.master_name, None, RULE_PREF + 1) {
+                        Err(e) if e.errno() != Some(ENOENT) => return Err(kernel(e)),
+                        _ => {}
+                    }
+                    if v6 {
+                        // `all.forwarding` covers the master now; ours goes back to 0.
+                        write(ns, &own, "0")?;
+                    }
+                    *ours = false;
+                    tracing::info!(
+                        "{fam} forwarding is on for the whole namespace: the master {}'s is the host's now",
+                        self.master_name
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -255,6 +328,23 @@ impl Routing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_masters_forwarding_is_ours_only_while_the_host_does_not_forward() {
+        use MasterStep::*;
+        // Port made on a host that does not forward: ours.
+        assert_eq!(master_step(false, false, false), Take);
+        // A master the admin made forward (its own setting or the host's): theirs.
+        assert_eq!(master_step(false, true, false), Leave);
+        assert_eq!(master_step(true, true, false), Leave);
+        // Ours, and the host still does not forward: kept (put back if turned off).
+        assert_eq!(master_step(false, true, true), Take);
+        assert_eq!(master_step(false, false, true), Take);
+        // Ours, and the host turned forwarding on for everything: theirs now.
+        assert_eq!(master_step(true, true, true), Release);
+        // The host turned it off for everything, the master's included: ours again.
+        assert_eq!(master_step(false, false, false), Take);
+    }
 
     #[test]
     fn each_master_has_a_table_of_its_own_in_the_range() {

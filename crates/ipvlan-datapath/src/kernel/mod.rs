@@ -170,6 +170,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// A forwarding setting of the master's namespace changed: the L3S routing follows
+    /// (see [`l3s::Routing::follow_forwarding`]).
+    pub fn forwarding_changed(&mut self, ns: &NetNs, rtnl: &mut Rtnl) -> std::io::Result<()> {
+        match &mut self.l3s_routing {
+            Some(r) => r.follow_forwarding(ns, rtnl),
+            None => Ok(()),
+        }
+    }
+
     /// In L3S, the kernel carries the port's traffic through the master namespace's
     /// stack (see [`l3s`]): the daemon sets up no NFQUEUE for it. Otherwise (the user
     /// backend, the fast path off or not loadable) L3S goes through the daemon.

@@ -418,6 +418,11 @@ impl Daemon {
                     self.master_addrs_changed(key);
                 }
             }
+            Event::Netconf(_) => {
+                if nsid.is_none() {
+                    self.forwarding_changed(key);
+                }
+            }
             Event::NewMcast(m) => {
                 if let (Some((k, id)), Some(mac)) = (find(self, m.index), ip_multicast_mac(m.group))
                     && let Some(f) = self.ports[k].port.mc_filter_mut(id)

@@ -32,6 +32,21 @@ impl Daemon {
         }
     }
 
+    /// A forwarding setting of namespace `key` changed: the ports' L3S routing follows.
+    pub(super) fn forwarding_changed(&mut self, key: NsKey) {
+        let Some(w) = self.watched.get_mut(&key) else {
+            return;
+        };
+        for (_, p) in self.ports.values_mut().filter(|(k, _)| k.ns == key) {
+            if let Err(e) = p.datapath.forwarding_changed(&w.ns, &mut w.rtnl) {
+                tracing::warn!(
+                    "following the forwarding of {}'s namespace: {e}",
+                    p.master_name
+                );
+            }
+        }
+    }
+
     /// The master changed: slaves follow its name, MAC (spec §7.1), MTU (§7.2) and
     /// carrier (§7.4: the host ends go down with it, so the slaves lose carrier).
     pub(super) fn on_master_link(&mut self, key: NsKey, l: &Link) {
