@@ -117,6 +117,17 @@ fn own_entries(t: &Topo) -> String {
     s
 }
 
+/// (from, to): HOST to the slave's addresses, the slave to HOST's, IPv4 and IPv6.
+fn host_and_slave_to_each_other(t: &Topo) -> [(String, String); 4] {
+    let (host, slave) = (t.host.clone(), t.ns(0).to_string());
+    [
+        (host.clone(), t.v4(SLAVE)),
+        (host, t.v6(SLAVE)),
+        (slave.clone(), t.v4(HOST)),
+        (slave, t.v6(HOST)),
+    ]
+}
+
 fn reach_each_other(mode: &str) {
     require_root();
     let t = setup(mode);
@@ -180,14 +191,9 @@ fn reach_each_other(mode: &str) {
     assert_eq!(own_entries(&t), "", "entries left after host_access off");
     let shown = t.ipvlan_ok(&t.host, &["-d", "link", "show"]);
     assert!(!shown.contains("host_access"), "{shown}");
-    for (from, addr) in [
-        (&host, t.v4(SLAVE)),
-        (&host, t.v6(SLAVE)),
-        (&slave, t.v4(HOST)),
-        (&slave, t.v6(HOST)),
-    ] {
+    for (from, addr) in host_and_slave_to_each_other(&t) {
         assert!(
-            !ping(from, &addr),
+            !ping(&from, &addr),
             "{from} reaches {addr} with host_access off"
         );
     }
@@ -300,6 +306,57 @@ fn l3_kept_across_a_daemon_restart() {
 #[test]
 fn l3s_kept_across_a_daemon_restart() {
     kept_across_a_daemon_restart_in("l3s");
+}
+
+/// HOST takes the master down and up again (its host ends go down and up with it, and
+/// the kernel drops every route and neighbour entry through them): HOST and the slave
+/// reach each other again, IPv4 and IPv6, and our entries are back.
+fn outlives_the_master_going_down_in(mode: &str) {
+    require_root();
+    let t = setup(mode);
+    let host = t.host.clone();
+    // The daemon learns the slave's addresses as they come: their entries first.
+    let complete = |e: &str| {
+        [t.v4(SLAVE), t.v6(SLAVE)]
+            .iter()
+            .all(|a| e.contains(a.as_str()))
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || complete(&own_entries(&t))),
+        "{mode}: no entries of ours to the slave's addresses:\n{}",
+        own_entries(&t)
+    );
+    let before = own_entries(&t);
+    ok(&format!("ip -n {host} link set eth0 down"));
+    ok(&format!("ip -n {host} link set eth0 up"));
+    // HOST's network configuration puts back the IPv6 address the kernel dropped
+    // (`keep_addr_on_down` 0).
+    ok(&format!(
+        "ip -n {host} -6 addr replace {}/64 dev eth0 nodad",
+        t.v6(HOST)
+    ));
+    for (from, addr) in host_and_slave_to_each_other(&t) {
+        assert!(
+            eventually(Duration::from_secs(10), || ping(&from, &addr)),
+            "{mode}: {from} cannot reach {addr} after the master went down and up\n{}",
+            own_entries(&t)
+        );
+    }
+    assert_eq!(
+        own_entries(&t),
+        before,
+        "{mode}: our entries are not as they were"
+    );
+}
+
+#[test]
+fn l2_outlives_the_master_going_down() {
+    outlives_the_master_going_down_in("l2");
+}
+
+#[test]
+fn l3s_outlives_the_master_going_down() {
+    outlives_the_master_going_down_in("l3s");
 }
 
 #[test]

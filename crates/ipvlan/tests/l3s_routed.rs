@@ -79,6 +79,25 @@ fn setup() -> L3s {
     setup_on(topology())
 }
 
+impl L3s {
+    /// HOST, ROUTER and the slave's namespace.
+    fn names(&self) -> (String, String, String) {
+        let t = &self.t;
+        (t.host.clone(), t.router.clone(), t.ns(0).to_string())
+    }
+
+    /// ROUTER reaches the slave's IPv4 and IPv6 address (`when`: at which point).
+    fn assert_router_reaches_slave(&self, when: &str) {
+        for a in [&self.s4, &self.s6] {
+            assert!(
+                reaches(&self.t.router, a),
+                "ROUTER cannot reach the slave's {a} {when}\n{}",
+                self.t.diag()
+            );
+        }
+    }
+}
+
 /// HOST's conntrack table for one family (`-f ipv4|ipv6`).
 fn conntrack(ns: &str, family: &str) -> String {
     stdout(&sh(&format!(
@@ -492,12 +511,7 @@ fn l3s_routing_goes_with_the_port() {
 #[test]
 fn l3s_routing_survives_host_access_switching() {
     let s = setup();
-    let (t, h, r, s1) = (
-        &s.t,
-        s.t.host.clone(),
-        s.t.router.clone(),
-        s.t.ns(0).to_string(),
-    );
+    let (t, (h, _, s1)) = (&s.t, s.names());
     let switch = |on: &str| {
         let out = t.ipvlan(
             &s1,
@@ -514,18 +528,9 @@ fn l3s_routing_survives_host_access_switching() {
         );
         assert!(out.status.success(), "host_access {on}: {}", stderr(&out));
     };
-    let router_reaches = |when: &str| {
-        for a in [&s.s4, &s.s6] {
-            assert!(
-                reaches(&r, a),
-                "ROUTER cannot reach the slave's {a} {when}\n{}",
-                t.diag()
-            );
-        }
-    };
-    router_reaches("before host access");
+    s.assert_router_reaches_slave("before host access");
     switch("on");
-    router_reaches("with host access on");
+    s.assert_router_reaches_slave("with host access on");
     for a in [&s.s4, &s.s6] {
         assert!(
             reaches(&h, a),
@@ -534,7 +539,7 @@ fn l3s_routing_survives_host_access_switching() {
         );
     }
     switch("off");
-    router_reaches("after host access went off");
+    s.assert_router_reaches_slave("after host access went off");
 }
 
 /// HOST's forwarding changed while an L3S port is there: turned on for everything (as
@@ -552,16 +557,7 @@ fn l3s_follows_the_hosts_forwarding() {
         sysctl(&h, "net.ipv4.conf.all.forwarding", on);
         sysctl(&h, "net.ipv6.conf.all.forwarding", on);
     };
-    let slave_reachable = |when: &str| {
-        for a in [&s.s4, &s.s6] {
-            assert!(
-                reaches(&r, a),
-                "ROUTER cannot reach the slave's {a} {when}\n{}",
-                t.diag()
-            );
-        }
-    };
-    slave_reachable("with the port made");
+    s.assert_router_reaches_slave("with the port made");
     for a in [&far4, &far6] {
         assert!(
             !ping(&r, a),
@@ -576,9 +572,9 @@ fn l3s_follows_the_hosts_forwarding() {
             t.diag()
         );
     }
-    slave_reachable("once HOST forwards everything");
+    s.assert_router_reaches_slave("once HOST forwards everything");
     set_forwarding("0");
-    slave_reachable("after HOST turned forwarding off for everything");
+    s.assert_router_reaches_slave("after HOST turned forwarding off for everything");
     for a in [&far4, &far6] {
         assert!(
             !ping(&r, a),
@@ -586,4 +582,52 @@ fn l3s_follows_the_hosts_forwarding() {
             t.diag()
         );
     }
+}
+
+/// HOST takes the master down and up again, then renames it (down, new name, up):
+/// ROUTER and the slave keep reaching each other both ways through it, IPv4 and IPv6
+/// (the kernel drops the routes and neighbour entries through the host ends when they
+/// go down with the master; the routed L3S rules follow the new name).
+#[test]
+fn l3s_outlives_a_master_going_down_and_renamed() {
+    let s = setup();
+    let (t, (h, _, s1)) = (&s.t, s.names());
+    let both_ways = |when: &str| {
+        s.assert_router_reaches_slave(when);
+        for a in [t.router_v4(), t.router_v6()] {
+            assert!(
+                reaches(&s1, &a),
+                "the slave cannot reach ROUTER's {a} {when}\n{}",
+                t.diag()
+            );
+        }
+    };
+    // What HOST's network configuration does when its link comes back: the kernel
+    // dropped its IPv6 address (`keep_addr_on_down` 0) and the routes through it.
+    let configure = |dev: &str| {
+        ok(&format!(
+            "ip -n {h} -6 addr replace {}/64 dev {dev} nodad",
+            s.host6
+        ));
+        ok(&format!(
+            "ip -n {h} route replace default via {}",
+            t.router_v4()
+        ));
+        ok(&format!(
+            "ip -n {h} -6 route replace default via {}",
+            t.router_v6()
+        ));
+    };
+    both_ways("before the master went down");
+    ok(&format!("ip -n {h} link set eth0 down"));
+    ok(&format!("ip -n {h} link set eth0 up"));
+    configure("eth0");
+    both_ways("after the master went down and up again");
+    ok(&format!("ip -n {h} link set eth0 down"));
+    ok(&format!("ip -n {h} link set eth0 name wan0"));
+    ok(&format!("ip -n {h} link set wan0 up"));
+    configure("wan0");
+    both_ways("after the master was renamed wan0");
+    let shown = t.ipvlan_ok(&s1, &["link", "show", "dev", &s.dev]);
+    assert!(shown.contains("@wan0"), "{shown}");
 }

@@ -252,6 +252,12 @@ impl HostAccess {
     }
 
     /// Removes everything of ours (the port is going).
+    /// The host ends went down: the kernel dropped their routes, neighbour and proxy
+    /// entries, ours among them; the next [`Self::sync`] makes them again.
+    pub fn host_ends_went_down(&mut self) {
+        self.entries.clear();
+    }
+
     pub fn remove(self, rtnl: &mut Rtnl) {
         for (kind, e) in self.entries {
             let _ = rtnl.set_own_entry(kind, e, false);

@@ -28,8 +28,9 @@
 //!   for everything (which the kernel writes into every device) the host ends and the
 //!   master get theirs back, the master with the blackhole rule again.
 //!
-//! Everything is removed when the port leaves L3S or goes away; host ends get their
-//! sysctls back (or go with their slaves).
+//! The rules name the master; when it is renamed they are made again under the new
+//! name ([`Routing::master_renamed`]). Everything is removed when the port leaves L3S
+//! or goes away; host ends get their sysctls back (or go with their slaves).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -142,6 +143,12 @@ impl Routing {
         self.routes.retain(|_, (index, _)| !indices.contains(index));
     }
 
+    /// The host ends went down: the kernel dropped their routes and neighbour entries;
+    /// the next [`Self::sync`] makes them again.
+    pub fn host_ends_went_down(&mut self) {
+        self.routes.clear();
+    }
+
     /// Brings routes, neighbour entries, rules and sysctls in line with the port:
     /// `ends` are its host ends (slave, ifindex, name).
     pub fn sync(
@@ -218,6 +225,24 @@ impl Routing {
                 if read(ns, &path).is_ok_and(|v| v == "0") {
                     write(ns, &path, "1")?;
                 }
+            }
+        }
+        self.master_forwarding(ns, rtnl)
+    }
+
+    /// The master was renamed: the rules, which name it, are made again under its new
+    /// name (the kernel detaches a rule whose `iif` name no device has).
+    pub fn master_renamed(&mut self, ns: &NetNs, rtnl: &mut Rtnl, name: &str) -> io::Result<()> {
+        let old = std::mem::replace(&mut self.master_name, name.to_string());
+        if !self.ruled {
+            return Ok(());
+        }
+        for v6 in [false, true] {
+            let _ = rtnl.iif_rule(false, v6, &old, Some(self.table), RULE_PREF);
+            exists_ok(rtnl.iif_rule(true, v6, name, Some(self.table), RULE_PREF))?;
+            if self.master_forwarding[usize::from(v6)] {
+                let _ = rtnl.iif_rule(false, v6, &old, None, RULE_PREF + 1);
+                exists_ok(rtnl.iif_rule(true, v6, name, None, RULE_PREF + 1))?;
             }
         }
         self.master_forwarding(ns, rtnl)

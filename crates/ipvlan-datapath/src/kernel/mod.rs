@@ -170,6 +170,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// The host ends went down (with the master): the kernel dropped every route and
+    /// neighbour entry through them, the L3S routing's and host access's; the next
+    /// [`Self::apply`] makes them again.
+    pub fn host_ends_went_down(&mut self) {
+        if let Some(r) = &mut self.l3s_routing {
+            r.host_ends_went_down();
+        }
+        self.host_access.host_ends_went_down();
+    }
+
+    /// The master was renamed: what names it (the nft programs' device hooks and
+    /// `iifname` matches, the L3S routing's rules and sysctls) is made again under the
+    /// new name.
+    pub fn master_renamed(&mut self, at: &mut At<'_>, name: &str) {
+        if self.master_name == name {
+            return;
+        }
+        self.master_name = name.to_string();
+        if let Some(r) = &mut self.l3s_routing
+            && let Err(e) = r.master_renamed(at.ns, at.rtnl, name)
+        {
+            tracing::error!("L3S routing for the renamed master {name}: {e}");
+        }
+        self.reapply(at);
+    }
+
     /// A forwarding setting of the master's namespace changed: the L3S routing follows
     /// (see [`l3s::Routing::follow_forwarding`]).
     pub fn forwarding_changed(&mut self, ns: &NetNs, rtnl: &mut Rtnl) -> std::io::Result<()> {

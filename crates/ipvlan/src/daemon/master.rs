@@ -61,6 +61,9 @@ impl Daemon {
         let p = &mut self.ports[k];
         if !l.name.is_empty() && p.master_name != l.name {
             p.master_name = l.name.clone();
+            if let Some(w) = self.watched.get_mut(&key) {
+                p.datapath.master_renamed(&mut w.at(), &l.name);
+            }
         }
         if let Some(mac) = l.mac.map(MacAddr)
             && mac != p.port.master_mac()
@@ -102,6 +105,9 @@ impl Daemon {
                         tracing::warn!("carrier of a host end: {e}");
                     }
                 }
+            }
+            if !running {
+                p.datapath.host_ends_went_down();
             }
             self.notify(if running {
                 Notice::MasterUp { master }
