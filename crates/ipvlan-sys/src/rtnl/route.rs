@@ -62,6 +62,14 @@ fn route_ip(a: RouteAddress) -> Option<IpAddr> {
     }
 }
 
+fn inet_family(v6: bool) -> AddressFamily {
+    if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
+
 pub(super) fn parse_route(r: RouteMessage) -> Route {
     let mut route = Route {
         dst: match r.header.address_family {
@@ -163,11 +171,7 @@ impl Rtnl {
     /// everything looked up in TABLE is delivered locally.
     pub fn local_default_route(&mut self, add: bool, v6: bool, table: u32, dev: u32) -> Result<()> {
         let mut m = RouteMessage::default();
-        m.header.address_family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
+        m.header.address_family = inet_family(v6);
         m.header.kind = RouteType::Local;
         m.header.scope = RouteScope::Host;
         m.header.protocol = RouteProtocol::Static;
@@ -189,11 +193,7 @@ impl Rtnl {
         pref: u32,
     ) -> Result<()> {
         let mut m = RuleMessage::default();
-        m.header.family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
+        m.header.family = inet_family(v6);
         m.header.action = RuleAction::ToTable;
         m.attributes = vec![
             RuleAttribute::FwMark(mark),
@@ -219,11 +219,7 @@ impl Rtnl {
         pref: u32,
     ) -> Result<()> {
         let mut m = RuleMessage::default();
-        m.header.family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
+        m.header.family = inet_family(v6);
         m.attributes = vec![
             RuleAttribute::Iifname(iif.to_string()),
             RuleAttribute::Priority(pref),
@@ -246,11 +242,7 @@ impl Rtnl {
     /// `iif`, each with its table (`None` for a blackhole rule).
     pub fn iif_rules(&mut self, v6: bool, iif: &str) -> Result<Vec<(u32, Option<u32>)>> {
         let mut m = RuleMessage::default();
-        m.header.family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
+        m.header.family = inet_family(v6);
         let mut out = Vec::new();
         for answer in self.exchange(RouteNetlinkMessage::GetRule(m), NLM_F_DUMP)? {
             let RtnlMessage::Route(RouteNetlinkMessage::NewRule(r)) = answer else {
