@@ -90,14 +90,6 @@ fn slaves_deleted_behind_the_daemons_back_are_forgotten() {
     t.assert_ping(t.ns(1), &t.router_v4());
 }
 
-/// The name of slave `dev`'s host end (from `ipvlan -j -d link show`).
-fn host_end(t: &Topo, dev: &str) -> String {
-    links_by_name(t, &t.host, &["-d"])
-        .get(dev)
-        .and_then(|e| e["host_end"].as_str().map(String::from))
-        .unwrap_or_else(|| panic!("{dev} has no host end listed"))
-}
-
 /// An Ethernet+IPv4+UDP frame (virtio-net header first) from `src` to the router.
 fn frame(src: [u8; 6], dst: [u8; 6], from: [u8; 4], to: [u8; 4], marker: &[u8]) -> Vec<u8> {
     let mut udp = vec![0x30, 0x39, 0x30, 0x39];

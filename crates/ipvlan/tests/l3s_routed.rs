@@ -584,12 +584,12 @@ fn l3s_follows_the_hosts_forwarding() {
     }
 }
 
-/// HOST takes the master down and up again, then renames it (down, new name, up):
-/// ROUTER and the slave keep reaching each other both ways through it, IPv4 and IPv6
-/// (the kernel drops the routes and neighbour entries through the host ends when they
-/// go down with the master; the routed L3S rules follow the new name).
+/// HOST takes the master down and up again, renames it (down, new name, up), takes
+/// the slave's host end down: ROUTER and the slave keep reaching each other both ways
+/// through it, IPv4 and IPv6 (the kernel drops the routes and neighbour entries through
+/// host ends that go down; the routed L3S rules follow the new name).
 #[test]
-fn l3s_outlives_a_master_going_down_and_renamed() {
+fn l3s_outlives_its_links_going_down_and_renamed() {
     let s = setup();
     let (t, (h, _, s1)) = (&s.t, s.names());
     let both_ways = |when: &str| {
@@ -628,6 +628,17 @@ fn l3s_outlives_a_master_going_down_and_renamed() {
     ok(&format!("ip -n {h} link set wan0 up"));
     configure("wan0");
     both_ways("after the master was renamed wan0");
+    // The slave's host end alone taken down from outside: the daemon puts it up again,
+    // and what the kernel dropped with it.
+    let he = host_end(t, &s.dev);
+    ok(&format!("ip -n {h} link set {he} down"));
+    assert!(
+        eventually(Duration::from_secs(5), || link_json(&h, &he)["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP"))),
+        "host end {he} not put up again"
+    );
+    both_ways("after its host end was taken down and put up again");
     let shown = t.ipvlan_ok(&s1, &["link", "show", "dev", &s.dev]);
     assert!(shown.contains("@wan0"), "{shown}");
 }

@@ -252,10 +252,10 @@ impl HostAccess {
     }
 
     /// Removes everything of ours (the port is going).
-    /// The host ends went down: the kernel dropped their routes, neighbour and proxy
-    /// entries, ours among them; the next [`Self::sync`] makes them again.
-    pub fn host_ends_went_down(&mut self) {
-        self.entries.clear();
+    /// Host ends `indices` went down: the kernel dropped their routes, neighbour and
+    /// proxy entries, ours among them; the next [`Self::sync`] makes them again.
+    pub fn host_ends_went_down(&mut self, indices: &BTreeSet<u32>) {
+        self.entries.retain(|(_, e)| !indices.contains(&e.index));
     }
 
     pub fn remove(self, rtnl: &mut Rtnl) {

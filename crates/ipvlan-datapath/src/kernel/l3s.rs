@@ -137,16 +137,11 @@ impl Routing {
         }
     }
 
-    /// The kernel flushed the neighbour entries of host ends `indices`: the next
-    /// [`Self::sync`] puts the slaves' back (their routes are still there).
-    pub fn neighbours_flushed(&mut self, indices: &BTreeSet<u32>) {
+    /// The kernel dropped the neighbour entries (a NOARP or MAC change), or the routes
+    /// and neighbour entries (the device went down), through host ends `indices`: the
+    /// next [`Self::sync`] makes the slaves' again (a route still there is no error).
+    pub fn entries_dropped(&mut self, indices: &BTreeSet<u32>) {
         self.routes.retain(|_, (index, _)| !indices.contains(index));
-    }
-
-    /// The host ends went down: the kernel dropped their routes and neighbour entries;
-    /// the next [`Self::sync`] makes them again.
-    pub fn host_ends_went_down(&mut self) {
-        self.routes.clear();
     }
 
     /// Brings routes, neighbour entries, rules and sysctls in line with the port:

@@ -27,7 +27,7 @@ pub mod l3s;
 mod programs;
 mod tables;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,14 +170,14 @@ impl Datapath {
         Ok(())
     }
 
-    /// The host ends went down (with the master): the kernel dropped every route and
-    /// neighbour entry through them, the L3S routing's and host access's; the next
-    /// [`Self::apply`] makes them again.
-    pub fn host_ends_went_down(&mut self) {
+    /// Host ends `indices` went down (with the master, or taken down from outside):
+    /// the kernel dropped every route and neighbour entry through them, the L3S
+    /// routing's and host access's; the next [`Self::apply`] makes them again.
+    pub fn host_ends_went_down(&mut self, indices: &BTreeSet<u32>) {
         if let Some(r) = &mut self.l3s_routing {
-            r.host_ends_went_down();
+            r.entries_dropped(indices);
         }
-        self.host_access.host_ends_went_down();
+        self.host_access.host_ends_went_down(indices);
     }
 
     /// The master was renamed: what names it (the nft programs' device hooks and
@@ -285,7 +285,7 @@ impl Datapath {
         {
             Ok(flushed) => {
                 if let Some(r) = &mut self.l3s_routing {
-                    r.neighbours_flushed(&flushed);
+                    r.entries_dropped(&flushed);
                 }
             }
             Err(e) => tracing::error!("host access for {}: {e}", self.master_name),

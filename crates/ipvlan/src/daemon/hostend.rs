@@ -12,6 +12,8 @@
 //! what it must be again, and the log says what was repaired. Renaming it is not
 //! repaired (a veth must be down to be renamed; setting it up again is).
 
+use std::collections::BTreeSet;
+
 use ipvlan_core::SlaveId;
 use ipvlan_sys::NsKey;
 use ipvlan_sys::rtnl::{Addr, IFF_NOARP, IFF_UP, Link, LinkChange, Rtnl, RtnlError};
@@ -194,6 +196,12 @@ impl Daemon {
         let addrs = w.rtnl.addrs().unwrap_or_default();
         if repair(&link, &addrs, &want).what.is_empty() {
             return;
+        }
+        if link.flags & IFF_UP == 0 {
+            // Taken down: the kernel dropped the routes and neighbour entries through it.
+            self.ports[k]
+                .datapath
+                .host_ends_went_down(&BTreeSet::from([index]));
         }
         match make_host_end(&mut w.rtnl, index, &want) {
             Ok(what) if what.is_empty() => {}

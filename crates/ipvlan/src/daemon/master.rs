@@ -107,7 +107,8 @@ impl Daemon {
                 }
             }
             if !running {
-                p.datapath.host_ends_went_down();
+                let ends = p.slaves.values().map(|s| s.host_index).collect();
+                p.datapath.host_ends_went_down(&ends);
             }
             self.notify(if running {
                 Notice::MasterUp { master }

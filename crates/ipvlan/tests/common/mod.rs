@@ -817,6 +817,14 @@ impl Drop for Listener {
     }
 }
 
+/// The name of slave `dev`'s host end (from `ipvlan -j -d link show` in HOST).
+pub fn host_end(t: &Topo, dev: &str) -> String {
+    links_by_name(t, &t.host, &["-d"])
+        .get(dev)
+        .and_then(|e| e["host_end"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("{dev} has no host end listed"))
+}
+
 /// `ipvlan -j OPTS link show` run in `ns`, as a map ifname -> entry.
 pub fn links_by_name(t: &Topo, ns: &str, opts: &[&str]) -> HashMap<String, Value> {
     let mut args: Vec<&str> = vec!["-j"];
