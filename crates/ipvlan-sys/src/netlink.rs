@@ -47,15 +47,6 @@ pub trait Family {
     type Message: NetlinkSerializable + NetlinkDeserializable + fmt::Debug;
 }
 
-/// `NETLINK_ROUTE`: links, addresses, routes, rules, traffic control.
-#[derive(Debug)]
-pub struct Rtnetlink;
-
-impl Family for Rtnetlink {
-    const PROTOCOL: isize = netlink_sys::protocols::NETLINK_ROUTE;
-    type Message = crate::rtnl::RtnlMessage;
-}
-
 /// `NETLINK_NETFILTER`: nfqueue, nftables.
 #[derive(Debug)]
 pub struct Nfnetlink;
@@ -542,20 +533,27 @@ mod tests {
     /// its DONE, a refusal is its errno, and answers to an abandoned request are skipped.
     #[test]
     fn requests_against_the_kernel() {
-        use crate::rtnl::RtnlMessage;
         use netlink_packet_route::RouteNetlinkMessage;
         use netlink_packet_route::link::LinkMessage;
 
-        let get_links = || RtnlMessage::Route(RouteNetlinkMessage::GetLink(LinkMessage::default()));
-        let is_lo = |m: &RtnlMessage| matches!(m, RtnlMessage::Route(RouteNetlinkMessage::NewLink(l)) if l.header.index == 1);
-        let mut sock = Socket::<Rtnetlink>::open().unwrap();
+        /// `NETLINK_ROUTE` with `netlink-packet-route`'s messages as they come.
+        #[derive(Debug)]
+        struct Route;
+        impl Family for Route {
+            const PROTOCOL: isize = netlink_sys::protocols::NETLINK_ROUTE;
+            type Message = RouteNetlinkMessage;
+        }
+
+        let get_links = || RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let is_lo = |m: &RouteNetlinkMessage| matches!(m, RouteNetlinkMessage::NewLink(l) if l.header.index == 1);
+        let mut sock = Socket::<Route>::open().unwrap();
         let links = sock.request(get_links(), NLM_F_DUMP).unwrap();
         assert!(links.iter().any(is_lo), "{links:?}");
 
         let refuse = || {
             let mut missing = LinkMessage::default();
             missing.header.index = 0x7fff_fff0;
-            RtnlMessage::Route(RouteNetlinkMessage::GetLink(missing))
+            RouteNetlinkMessage::GetLink(missing)
         };
         let refused = sock.request(refuse(), NLM_F_ACK).unwrap_err();
         assert!(matches!(refused, Error::Kernel { errno } if errno == libc::ENODEV));
@@ -563,7 +561,7 @@ mod tests {
         // (A dump cannot be abandoned: the kernel refuses the next one with EBUSY.)
         let mut lo = LinkMessage::default();
         lo.header.index = 1;
-        let abandoned = RtnlMessage::Route(RouteNetlinkMessage::GetLink(lo));
+        let abandoned = RouteNetlinkMessage::GetLink(lo);
         sock.send(abandoned, NLM_F_ACK, sock.seq.wrapping_add(100))
             .unwrap();
         let again = sock.request(get_links(), NLM_F_DUMP).unwrap();

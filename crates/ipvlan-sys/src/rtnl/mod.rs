@@ -38,7 +38,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::NetNs;
-use crate::netlink::{self, Rtnetlink, Socket};
+use crate::netlink::{self, Family, Socket};
 
 const RTM_NEWMULTICAST: u16 = 56;
 const RTM_DELMULTICAST: u16 = 57;
@@ -79,6 +79,15 @@ impl RtnlError {
 }
 
 pub type Result<T> = std::result::Result<T, RtnlError>;
+
+/// `NETLINK_ROUTE`: links, addresses, routes, rules, traffic control.
+#[derive(Debug)]
+pub struct Rtnetlink;
+
+impl Family for Rtnetlink {
+    const PROTOCOL: isize = netlink_sys::protocols::NETLINK_ROUTE;
+    type Message = RtnlMessage;
+}
 
 /// A message of `NETLINK_ROUTE`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,11 +8,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
+use super::Rtnetlink;
 use super::addr::{mcast_of, parse_addr};
 use super::link::parse_link;
 use super::{Addr, Link, Mcast, RTM_DELMULTICAST, RTM_NEWNETCONF, RtnlMessage};
 use crate::NetNs;
-use crate::netlink::{Rtnetlink, Socket, frames};
+use crate::netlink::{Socket, frames};
 
 const SOL_NETLINK: i32 = 270;
 const NETLINK_LISTEN_ALL_NSID: i32 = 8;

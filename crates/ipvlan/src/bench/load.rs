@@ -1,5 +1,5 @@
 //! The load and what it measures: iperf3 runs, UDP request/response latency and its
-//! percentiles, CPU accounting, and slave creation and deletion (`churn`).
+//! percentiles, and slave creation and deletion (`churn`).
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -17,28 +17,6 @@ use super::topo::{Daemon, Topo};
 use super::{Plan, Variant};
 
 const PORT: &str = "5201";
-
-pub(super) fn clk_tck() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
-
-/// Busy CPU seconds of the whole machine so far (/proc/stat: all but idle and iowait).
-pub(super) fn machine_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let busy = [0, 1, 2, 5, 6, 7].iter().map(|&i| f.get(i).unwrap_or(&0.0));
-    busy.sum::<f64>() / clk_tck()
-}
 
 /// One iperf3 run from `client` to a one-off server in `server` at `addr`; its JSON.
 pub(super) fn iperf(

@@ -17,6 +17,7 @@
 //! (so its memory and CPU are its own). A benchmark, not a test: nothing is asserted.
 
 mod cmd;
+mod cpu;
 mod load;
 mod report;
 mod topo;
@@ -28,7 +29,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 
 use cmd::ip_batch;
-use load::{churn, iperf, machine_cpu_secs, num, percentile, udp_latency};
+use cpu::machine_cpu_secs;
+use load::{churn, iperf, num, percentile, udp_latency};
 use report::{GBPS, MICROS, MPPS, Rec, S_PER_GB, SECS, print_table, write_json};
 use topo::{Daemon, Topo, add_slave, busy_slaves, clean_up_on_signals, host_to_slaves, reach};
 

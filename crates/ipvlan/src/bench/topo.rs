@@ -10,7 +10,7 @@ use anyhow::bail;
 use ipvlan::netcheck::in_netns;
 
 use super::cmd::{ip, run_cmd};
-use super::load::clk_tck;
+use super::cpu::clk_tck;
 
 /// The scratch namespaces of one run; deleted on drop.
 pub(super) struct Topo {
