@@ -38,7 +38,7 @@ use std::net::IpAddr;
 
 use ipvlan_core::{MacAddr, PortSnapshot};
 use ipvlan_sys::NetNs;
-use ipvlan_sys::rtnl::{Route, Rtnl, RtnlError};
+use ipvlan_sys::rtnl::{NETCONF_ALL, Netconf, Route, Rtnl, RtnlError};
 
 /// The port's routing table: this plus the master's ifindex.
 pub const TABLE_BASE: u32 = 0x1a5c_0000;
@@ -207,13 +207,32 @@ impl Routing {
         Ok(())
     }
 
-    /// A forwarding setting of the namespace changed: the host ends' and the master's
-    /// are brought back in line (see the module's notes).
-    pub fn follow_forwarding(&mut self, ns: &NetNs, rtnl: &mut Rtnl) -> io::Result<()> {
+    /// A setting of the namespace changed (`conf`): where it is `all`'s, the master's
+    /// or a host end's being turned off, the host ends' and the master's forwarding are
+    /// brought back in line (see the module's notes). Anything else (another device,
+    /// a host end's turned on, as the port's own writes do) is no concern of the port's.
+    pub fn follow_forwarding(
+        &mut self,
+        ns: &NetNs,
+        rtnl: &mut Rtnl,
+        conf: &Netconf,
+    ) -> io::Result<()> {
         if !self.ruled {
             return Ok(());
         }
-        for (_, name) in &self.forwarding {
+        let ends: Vec<&str> = match conf.ifindex {
+            NETCONF_ALL => self.forwarding.iter().map(|(_, n)| n.as_str()).collect(),
+            i if u32::try_from(i) == Ok(self.master_index) => vec![],
+            i => match self
+                .forwarding
+                .iter()
+                .find(|(e, _)| u32::try_from(i) == Ok(*e))
+            {
+                Some((_, name)) if conf.forwarding != Some(true) => vec![name.as_str()],
+                _ => return Ok(()),
+            },
+        };
+        for name in ends {
             for (v6, key) in [(false, "forwarding"), (true, "force_forwarding")] {
                 let path = sysctl_path(v6, name, key);
                 // A host end that went took its sysctls with it.

@@ -37,7 +37,7 @@ use ipvlan_sys::NetNs;
 use ipvlan_sys::nfqueue::NfQueue;
 use ipvlan_sys::packet::PacketSocket;
 use ipvlan_sys::raw::RawSender;
-use ipvlan_sys::rtnl::Rtnl;
+use ipvlan_sys::rtnl::{Netconf, Rtnl};
 
 use crate::user::UserBackend;
 use crate::{Backend, Plan, PlanSlave, SlaveCounters, guard};
@@ -196,11 +196,16 @@ impl Datapath {
         self.reapply(at);
     }
 
-    /// A forwarding setting of the master's namespace changed: the L3S routing follows
+    /// A setting of the master's namespace changed (`conf`): the L3S routing follows
     /// (see [`l3s::Routing::follow_forwarding`]).
-    pub fn forwarding_changed(&mut self, ns: &NetNs, rtnl: &mut Rtnl) -> std::io::Result<()> {
+    pub fn forwarding_changed(
+        &mut self,
+        ns: &NetNs,
+        rtnl: &mut Rtnl,
+        conf: &Netconf,
+    ) -> std::io::Result<()> {
         match &mut self.l3s_routing {
-            Some(r) => r.follow_forwarding(ns, rtnl),
+            Some(r) => r.follow_forwarding(ns, rtnl, conf),
             None => Ok(()),
         }
     }

@@ -101,12 +101,52 @@ pub enum RtnlMessage {
         index: u32,
         group: Option<IpAddr>,
     },
-    /// `RTM_{NEW,DEL}NETCONF`: a `netconfmsg` (family); its attributes are not read.
-    Netconf { message_type: u16, family: u8 },
+    /// `RTM_{NEW,DEL}NETCONF`: a `netconfmsg` (family), the device and its forwarding.
+    Netconf { message_type: u16, conf: Netconf },
 }
 
 /// Length of `struct netconfmsg` (one byte), aligned.
 const NETCONFMSG_LEN: usize = 4;
+const NETCONFA_IFINDEX: u16 = 1;
+const NETCONFA_FORWARDING: u16 = 2;
+/// The `ifindex` of a netconf message about `conf/all` (the whole namespace).
+pub const NETCONF_ALL: i32 = -1;
+
+/// A setting of a namespace changed (`ip monitor netconf`): of one device, or of
+/// `all` ([`NETCONF_ALL`]) or `default` (-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Netconf {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// The device's ifindex, or [`NETCONF_ALL`], or -2 for `default`.
+    pub ifindex: i32,
+    /// Its `forwarding` now, where the message says (not for IPv6 `force_forwarding`).
+    pub forwarding: Option<bool>,
+}
+
+fn parse_netconf(body: &[u8]) -> Option<Netconf> {
+    let mut conf = Netconf {
+        family: *body.first()?,
+        ifindex: 0,
+        forwarding: None,
+    };
+    for (ty, val) in netlink::attrs(body.get(NETCONFMSG_LEN..)?) {
+        let v = i32::from_ne_bytes(val.get(..4)?.try_into().ok()?);
+        match ty {
+            NETCONFA_IFINDEX => conf.ifindex = v,
+            NETCONFA_FORWARDING => conf.forwarding = Some(v != 0),
+            _ => {}
+        }
+    }
+    Some(conf)
+}
+
+/// One `i32` attribute, as the kernel writes it.
+fn put_i32_attr(buffer: &mut [u8], ty: u16, v: i32) {
+    buffer[..2].copy_from_slice(&8u16.to_ne_bytes());
+    buffer[2..4].copy_from_slice(&ty.to_ne_bytes());
+    buffer[4..8].copy_from_slice(&v.to_ne_bytes());
+}
 
 /// Length of `struct ifaddrmsg`.
 const IFADDRMSG_LEN: usize = 8;
@@ -125,7 +165,9 @@ impl NetlinkSerializable for RtnlMessage {
             Self::Mcast { group, .. } => {
                 IFADDRMSG_LEN + group.map_or(0, |g| 4 + if g.is_ipv4() { 4 } else { 16 })
             }
-            Self::Netconf { .. } => NETCONFMSG_LEN,
+            Self::Netconf { conf, .. } => {
+                NETCONFMSG_LEN + 8 + if conf.forwarding.is_some() { 8 } else { 0 }
+            }
         }
     }
 
@@ -152,9 +194,14 @@ impl NetlinkSerializable for RtnlMessage {
                     buffer[12..].copy_from_slice(&octets);
                 }
             }
-            Self::Netconf { family, .. } => {
+            Self::Netconf { conf, .. } => {
                 buffer[..NETCONFMSG_LEN].fill(0);
-                buffer[0] = *family;
+                buffer[0] = conf.family;
+                let at = NETCONFMSG_LEN;
+                put_i32_attr(&mut buffer[at..], NETCONFA_IFINDEX, conf.ifindex);
+                if let Some(f) = conf.forwarding {
+                    put_i32_attr(&mut buffer[at + 8..], NETCONFA_FORWARDING, i32::from(f));
+                }
             }
         }
     }
@@ -180,9 +227,8 @@ impl NetlinkDeserializable for RtnlMessage {
             }
             RTM_NEWNETCONF | RTM_DELNETCONF => Ok(Self::Netconf {
                 message_type: header.message_type,
-                family: *payload
-                    .first()
-                    .ok_or_else(|| DecodeError::from("an empty netconf message"))?,
+                conf: parse_netconf(payload)
+                    .ok_or_else(|| DecodeError::from("a malformed netconf message"))?,
             }),
             _ => RouteNetlinkMessage::deserialize(header, payload).map(Self::Route),
         }
@@ -271,6 +317,45 @@ mod tests {
             .unwrap();
         assert_eq!(f.len(), 1);
         f[0].decode().unwrap()
+    }
+
+    #[test]
+    fn parses_a_netconf_message_as_the_kernel_writes_it() {
+        // `inet all forwarding off`, then the same for one device with the attribute
+        // left out (IPv6 `force_forwarding` changes come so).
+        let mut m = vec![0u8; NLMSG_HDRLEN];
+        m.extend_from_slice(&[abi_u8(libc::AF_INET), 0, 0, 0]);
+        for (ty, v) in [
+            (NETCONFA_IFINDEX, NETCONF_ALL),
+            (NETCONFA_FORWARDING, 0),
+            (3, 1),
+        ] {
+            m.extend_from_slice(&8u16.to_ne_bytes());
+            m.extend_from_slice(&ty.to_ne_bytes());
+            m.extend_from_slice(&v.to_ne_bytes());
+        }
+        let len = u32::try_from(m.len()).unwrap();
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&RTM_NEWNETCONF.to_ne_bytes());
+        let all = Netconf {
+            family: abi_u8(libc::AF_INET),
+            ifindex: NETCONF_ALL,
+            forwarding: Some(false),
+        };
+        assert_eq!(to_event(decode_one(&m)), Some(Event::Netconf(all)));
+        let one = Netconf {
+            family: abi_u8(libc::AF_INET6),
+            ifindex: 7,
+            forwarding: None,
+        };
+        let msg = RtnlMessage::Netconf {
+            message_type: RTM_NEWNETCONF,
+            conf: one,
+        };
+        assert_eq!(decode_one(&encode(msg.clone(), 0, 0)), msg);
+        assert_eq!(to_event(msg), Some(Event::Netconf(one)));
+        // Cut short inside an attribute: no event, no panic.
+        assert!(frames(&m[..m.len() - 1]).next().unwrap().is_err());
     }
 
     #[test]

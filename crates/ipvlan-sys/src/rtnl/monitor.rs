@@ -11,7 +11,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use super::Rtnetlink;
 use super::addr::{mcast_of, parse_addr};
 use super::link::parse_link;
-use super::{Addr, Link, Mcast, RTM_DELMULTICAST, RTM_NEWNETCONF, RtnlMessage};
+use super::{Addr, Link, Mcast, Netconf, RTM_DELMULTICAST, RTM_NEWNETCONF, RtnlMessage};
 use crate::NetNs;
 use crate::netlink::{Socket, frames};
 
@@ -38,9 +38,9 @@ pub enum Event {
     DelAddr(Addr),
     NewMcast(Mcast),
     DelMcast(Mcast),
-    /// A per-device or namespace-wide setting (forwarding, rp_filter, ...) changed:
-    /// `RTM_NEWNETCONF` of this family (`AF_INET`, `AF_INET6`); read the sysctls again.
-    Netconf(u8),
+    /// A per-device or namespace-wide setting (forwarding, rp_filter, ...) changed
+    /// (`RTM_NEWNETCONF`).
+    Netconf(Netconf),
     /// The socket overflowed: events were lost, state must be read again.
     Overrun,
 }
@@ -133,8 +133,8 @@ pub(super) fn to_event(msg: RtnlMessage) -> Option<Event> {
     match msg {
         RtnlMessage::Netconf {
             message_type: RTM_NEWNETCONF,
-            family,
-        } => Some(Event::Netconf(family)),
+            conf,
+        } => Some(Event::Netconf(conf)),
         RtnlMessage::Netconf { .. } => None,
         RtnlMessage::Mcast { .. } => match mcast_of(msg)? {
             (RTM_DELMULTICAST, m) => Some(Event::DelMcast(m)),

@@ -418,9 +418,9 @@ impl Daemon {
                     self.master_addrs_changed(key);
                 }
             }
-            Event::Netconf(_) => {
+            Event::Netconf(conf) => {
                 if nsid.is_none() {
-                    self.forwarding_changed(key);
+                    self.forwarding_changed(key, &conf);
                 }
             }
             Event::NewMcast(m) => {

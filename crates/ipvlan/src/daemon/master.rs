@@ -11,7 +11,7 @@ use ipvlan_datapath::{EGRESS_MARK, guard};
 use ipvlan_proto::Notice;
 use ipvlan_sys::packet::PacketSocket;
 use ipvlan_sys::raw::RawSender;
-use ipvlan_sys::rtnl::{IFF_LOWER_UP, IFF_UP, Link, LinkChange};
+use ipvlan_sys::rtnl::{IFF_LOWER_UP, IFF_UP, Link, LinkChange, Netconf};
 use ipvlan_sys::{NsKey, nft};
 
 use super::hostend;
@@ -32,13 +32,13 @@ impl Daemon {
         }
     }
 
-    /// A forwarding setting of namespace `key` changed: the ports' L3S routing follows.
-    pub(super) fn forwarding_changed(&mut self, key: NsKey) {
+    /// A setting of namespace `key` changed (`conf`): the ports' L3S routing follows.
+    pub(super) fn forwarding_changed(&mut self, key: NsKey, conf: &Netconf) {
         let Some(w) = self.watched.get_mut(&key) else {
             return;
         };
         for (_, p) in self.ports.values_mut().filter(|(k, _)| k.ns == key) {
-            if let Err(e) = p.datapath.forwarding_changed(&w.ns, &mut w.rtnl) {
+            if let Err(e) = p.datapath.forwarding_changed(&w.ns, &mut w.rtnl, conf) {
                 tracing::warn!(
                     "following the forwarding of {}'s namespace: {e}",
                     p.master_name
