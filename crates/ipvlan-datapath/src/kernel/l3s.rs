@@ -22,14 +22,14 @@
 //!   `net.ipv6.conf.all.forwarding` is 0). The blackhole rule is also the record that
 //!   the sysctl was ours to restore, which a daemon started later reads back.
 //! * Forwarding settings changed later (the kernel announces them, `ip monitor
-//!   netconf`) are followed ([`Routing::follow_forwarding`]): when the host turns
+//!   netconf`) are followed (`Routing::follow_forwarding`): when the host turns
 //!   forwarding on for everything (`net.ipv4.ip_forward=1`, as Docker does) the blackhole
 //!   rule goes and the master's setting is the host's; when forwarding is turned off
 //!   for everything (which the kernel writes into every device) the host ends and the
 //!   master get theirs back, the master with the blackhole rule again.
 //!
 //! The rules name the master; when it is renamed they are made again under the new
-//! name ([`Routing::master_renamed`]). Everything is removed when the port leaves L3S
+//! name (`Routing::master_renamed`). Everything is removed when the port leaves L3S
 //! or goes away; host ends get their sysctls back (or go with their slaves).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -197,7 +197,7 @@ impl Datapath {
     }
 
     /// A setting of the master's namespace changed (`conf`): the L3S routing follows
-    /// (see [`l3s::Routing::follow_forwarding`]).
+    /// (see `l3s::Routing::follow_forwarding`).
     pub fn forwarding_changed(
         &mut self,
         ns: &NetNs,
