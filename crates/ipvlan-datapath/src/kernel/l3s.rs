@@ -50,6 +50,8 @@ const EEXIST: i32 = 17;
 
 /// `ENOENT`: the rule is gone already.
 const ENOENT: i32 = 2;
+/// `ENETDOWN`: a route through a device that is down.
+const ENETDOWN: i32 = 100;
 
 /// What to do about the master's forwarding of one family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +195,11 @@ impl Routing {
             }
             rtnl.permanent_neighbour(index, ip, Some(mac.0))
                 .map_err(kernel)?;
-            exists_ok(rtnl.add_route(&self.route(ip, index)))?;
+            match rtnl.add_route(&self.route(ip, index)) {
+                // The host end is down (with the master): made when it comes up.
+                Err(e) if e.errno() == Some(ENETDOWN) => continue,
+                r => exists_ok(r)?,
+            }
             self.routes.insert(ip, e);
         }
 
