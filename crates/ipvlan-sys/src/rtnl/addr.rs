@@ -71,16 +71,10 @@ fn broadcast(ip: IpAddr, prefix: u8) -> Option<Ipv4Addr> {
 impl Rtnl {
     /// Every address of this namespace (IPv4 and IPv6).
     pub fn addrs(&mut self) -> Result<Vec<Addr>> {
-        let answers = self.exchange(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(answers
+        Ok(self
+            .addrs_with_flags()?
             .into_iter()
-            .filter_map(|m| match m {
-                RtnlMessage::Route(RouteNetlinkMessage::NewAddress(a)) => parse_addr(a),
-                _ => None,
-            })
+            .map(|(a, _)| a)
             .collect())
     }
 
